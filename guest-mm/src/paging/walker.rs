@@ -1,0 +1,421 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The walker: translate a range of linear addresses through the guest's page
+//! tables, as the CPU would, descending the tables once.
+//!
+//! [`walk_range`] starts at the root, and for each table it reaches resolves
+//! the table page to host memory once, then iterates the entries that cover
+//! the range with atomic loads, descending into lower tables and yielding one
+//! [`Mapping`] per leaf. It stops at the first fault. [`translate`] is the
+//! one-address case of the same code, so the two can never disagree.
+//!
+//! The walk is pure: it never writes the tables. Accessed and Dirty bits are
+//! set by the separate [`touch`](super::touch) step.
+//!
+//! Garbage is safe by construction: the depth is bounded by the mode's number
+//! of levels (so a table that points at itself is just read again, as the CPU
+//! would), every entry address is checked against guest RAM before it is
+//! read, and nothing here can panic on entry contents.
+
+use std::ops::ControlFlow;
+
+use vm_memory::GuestMemoryBackend;
+
+use super::access::{Access, AccessCheck, ErrorCode, Fault, FaultKind, FaultReason, Permissions};
+use super::context::{PagingContext, PagingMode};
+use super::entry::{Decoded, Layout, LeafEntry, PageSize, Table, PTE_RW, PTE_US, PTE_XD};
+
+/// One leaf mapping met by [`walk_range`]: the part of the requested range
+/// that a single leaf entry maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First linear address of the requested range that this leaf maps.
+    pub va: u64,
+    /// Bytes of the requested range, from `va`, that this leaf maps.
+    pub len: u64,
+    /// Guest-physical address of `va`.
+    pub gpa: u64,
+    /// Size of the page the leaf maps.
+    pub page_size: PageSize,
+    /// Effective permissions.
+    pub perms: Permissions,
+    /// The leaf entry, for rechecks and A/D updates.
+    pub leaf: LeafEntry,
+}
+
+/// A successful translation of one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Translation {
+    /// The guest-physical address.
+    pub gpa: u64,
+    /// Size of the page the leaf maps.
+    pub page_size: PageSize,
+    /// Effective permissions.
+    pub perms: Permissions,
+    /// The leaf entry.
+    pub leaf: LeafEntry,
+}
+
+/// How a [`walk_range`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RangeOutcome {
+    /// Every byte of the range was mapped and passed to the callback.
+    Complete,
+    /// The callback asked to stop.
+    Stopped,
+    /// The walk reached an address the access may not use; everything before
+    /// `fault.address` was passed to the callback.
+    Faulted(Fault),
+}
+
+/// Translate `address` for `access` in the address space `ctx` describes,
+/// reading the page tables from `mem`.
+///
+/// Returns the translation, or the fault the CPU would raise.
+pub fn translate<M>(
+    mem: &M,
+    ctx: &PagingContext,
+    address: u64,
+    access: Access,
+) -> Result<Translation, Fault>
+where
+    M: GuestMemoryBackend + ?Sized,
+{
+    let mut found = None;
+    let outcome = walk_range(mem, ctx, address, 1, access, |m| {
+        found = Some(Translation {
+            gpa: m.gpa,
+            page_size: m.page_size,
+            perms: m.perms,
+            leaf: m.leaf,
+        });
+        ControlFlow::Break(())
+    });
+    match (outcome, found) {
+        (RangeOutcome::Faulted(fault), _) => Err(fault),
+        (_, Some(t)) => Ok(t),
+        // A one-byte walk either faults or yields exactly one mapping.
+        (_, None) => Err(Fault {
+            address,
+            kind: FaultKind::GeneralProtection,
+            level: 0,
+            reason: FaultReason::AddressTooWide,
+        }),
+    }
+}
+
+/// Walk the linear range `[start, start + len)` for `access`, calling `f` with
+/// each leaf mapping in address order, until the range is done, `f` breaks,
+/// or an address faults.
+///
+/// Each paging structure is read once per walk: a range of N 4K pages under
+/// one page table costs one descent and N entry loads.
+pub fn walk_range<M, F>(
+    mem: &M,
+    ctx: &PagingContext,
+    start: u64,
+    len: u64,
+    access: Access,
+    mut f: F,
+) -> RangeOutcome
+where
+    M: GuestMemoryBackend + ?Sized,
+    F: FnMut(&Mapping) -> ControlFlow<()>,
+{
+    walk_with_path(mem, ctx, start, len, access, |m, _| f(m))
+}
+
+/// The non-leaf entries of the current walk, by level: the guest-physical
+/// address and the value read. Levels not walked (and the PAE PDPTEs, which
+/// have no Accessed bit) hold `None`.
+pub(crate) type Path = [Option<(u64, u64)>; 6];
+
+/// [`walk_range`], also handing the callback the non-leaf entries that lead to
+/// each leaf (for [`touch`](super::touch)).
+pub(crate) fn walk_with_path<M, F>(
+    mem: &M,
+    ctx: &PagingContext,
+    start: u64,
+    len: u64,
+    access: Access,
+    mut f: F,
+) -> RangeOutcome
+where
+    M: GuestMemoryBackend + ?Sized,
+    F: FnMut(&Mapping, &Path) -> ControlFlow<()>,
+{
+    if len == 0 {
+        return RangeOutcome::Complete;
+    }
+    let mode = ctx.mode();
+    // The last address of the range, and where it overflows the address
+    // space (a #GP at that address once the valid part is walked).
+    let wanted_last = start.checked_add(len - 1);
+    let (first, last, overflow_at, overflow_reason) = match mode {
+        PagingMode::None | PagingMode::Bits32 | PagingMode::Pae => {
+            // Linear addresses are 32 bits wide outside long mode.
+            const LIMIT: u64 = 1 << 32;
+            if start >= LIMIT {
+                return gp(start, FaultReason::AddressTooWide);
+            }
+            match wanted_last {
+                Some(l) if l < LIMIT => (start, l, None, FaultReason::AddressTooWide),
+                _ => (start, LIMIT - 1, Some(LIMIT), FaultReason::AddressTooWide),
+            }
+        }
+        PagingMode::Level4 | PagingMode::Level5 => {
+            let bits = mode.linear_bits();
+            if !is_canonical(start, bits) {
+                return gp(start, FaultReason::NonCanonical);
+            }
+            // The canonical half that `start` lies in ends here.
+            let half_last = if start >> 63 == 0 {
+                (1u64 << (bits - 1)) - 1
+            } else {
+                u64::MAX
+            };
+            match wanted_last {
+                Some(l) if l <= half_last => (start, l, None, FaultReason::NonCanonical),
+                _ => (
+                    start,
+                    half_last,
+                    Some(half_last.wrapping_add(1)),
+                    FaultReason::NonCanonical,
+                ),
+            }
+        }
+    };
+
+    let check = AccessCheck::new(ctx, access);
+    let mut walk = Walk {
+        mem,
+        ctx,
+        layout: Layout::new(ctx),
+        access,
+        check,
+        path: [None; 6],
+        f: &mut f,
+    };
+    let flow = match mode {
+        PagingMode::None => walk.identity(first, last),
+        PagingMode::Pae => walk.pae_root(first, last),
+        _ => {
+            let top = mode.levels();
+            walk.table(top, ctx.root(), first, last, Perms::TOP)
+        }
+    };
+    match flow {
+        Flow::Continue => match overflow_at {
+            Some(at) => gp(at, overflow_reason),
+            None => RangeOutcome::Complete,
+        },
+        Flow::Stop => RangeOutcome::Stopped,
+        Flow::Fault(fault) => RangeOutcome::Faulted(fault),
+    }
+}
+
+fn gp(address: u64, reason: FaultReason) -> RangeOutcome {
+    RangeOutcome::Faulted(Fault {
+        address,
+        kind: FaultKind::GeneralProtection,
+        level: 0,
+        reason,
+    })
+}
+
+/// Whether `va` is canonical for `bits`-bit linear addresses: bits 63 down to
+/// `bits - 1` all equal (SDM 3.3.7.1).
+pub fn is_canonical(va: u64, bits: u32) -> bool {
+    let shift = 64 - bits;
+    (((va << shift) as i64) >> shift) as u64 == va
+}
+
+/// The permission bits accumulated down the walk (SDM 4.6.1: R/W and U/S
+/// must be 1 in every entry, XD must be 0 in every entry).
+#[derive(Clone, Copy)]
+struct Perms {
+    /// AND of the R/W and U/S bits so far.
+    and: u64,
+    /// OR of the XD bits so far.
+    or: u64,
+}
+
+impl Perms {
+    const TOP: Perms = Perms {
+        and: PTE_RW | PTE_US,
+        or: 0,
+    };
+
+    #[inline]
+    fn with(self, e: u64) -> Perms {
+        Perms {
+            and: self.and & e,
+            or: self.or | (e & PTE_XD),
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+    Fault(Fault),
+}
+
+struct Walk<'a, M: GuestMemoryBackend + ?Sized, F> {
+    mem: &'a M,
+    ctx: &'a PagingContext,
+    layout: Layout,
+    access: Access,
+    check: AccessCheck,
+    path: Path,
+    f: &'a mut F,
+}
+
+impl<M, F> Walk<'_, M, F>
+where
+    M: GuestMemoryBackend + ?Sized,
+    F: FnMut(&Mapping, &Path) -> ControlFlow<()>,
+{
+    fn fault(&self, address: u64, level: u8, reason: FaultReason, code: ErrorCode) -> Flow {
+        Flow::Fault(Fault {
+            address,
+            kind: FaultKind::PageFault(code),
+            level,
+            reason,
+        })
+    }
+
+    /// Paging disabled: the linear address is the physical address.
+    fn identity(&mut self, first: u64, last: u64) -> Flow {
+        let m = Mapping {
+            va: first,
+            len: last - first + 1,
+            gpa: first,
+            page_size: PageSize::Size4K,
+            perms: Permissions::ALL,
+            leaf: LeafEntry {
+                gpa: None,
+                level: 0,
+                width: 0,
+                value: 0,
+            },
+        };
+        match (self.f)(&m, &self.path) {
+            ControlFlow::Continue(()) => Flow::Continue,
+            ControlFlow::Break(()) => Flow::Stop,
+        }
+    }
+
+    /// PAE paging: the four PDPTEs come from the PDPTE registers when the
+    /// context has them, else from the 32-byte PDPT at CR3.
+    fn pae_root(&mut self, first: u64, last: u64) -> Flow {
+        let root = self.ctx.root();
+        let table = Table::new(self.mem, root, 32);
+        let (lo, hi) = ((first >> 30) & 3, (last >> 30) & 3);
+        for i in lo..=hi {
+            let entry_first = if i == lo { first } else { i << 30 };
+            let entry_last = last.min((i << 30) | ((1 << 30) - 1));
+            let e = match self.ctx.pdptes {
+                Some(regs) => regs[i as usize],
+                None => match table.read(i * 8, 8) {
+                    Some(e) => e,
+                    None => {
+                        let code = self.check.not_present_code();
+                        return self.fault(entry_first, 3, FaultReason::TableOutsideRam, code);
+                    }
+                },
+            };
+            let flow = match self.layout.decode_pdpte(e) {
+                Decoded::NotPresent => {
+                    let code = self.check.not_present_code();
+                    self.fault(entry_first, 3, FaultReason::NotPresent, code)
+                }
+                Decoded::Table(next) => self.table(2, next, entry_first, entry_last, Perms::TOP),
+                // Reserved bits in a PDPTE: MOV to CR3 would have raised #GP
+                // (SDM 4.4.1); there is no page fault for it.
+                _ => Flow::Fault(Fault {
+                    address: entry_first,
+                    kind: FaultKind::GeneralProtection,
+                    level: 3,
+                    reason: FaultReason::InvalidPdpte,
+                }),
+            };
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Walk the entries of the table at `table_gpa` (level `level`) that
+    /// cover `[first, last]`.
+    fn table(&mut self, level: u8, table_gpa: u64, first: u64, last: u64, perms: Perms) -> Flow {
+        let layout = self.layout;
+        let width = layout.width();
+        let shift = layout.shift(level);
+        let nbits = layout.index_bits(level);
+        let index_mask = (1u64 << nbits) - 1;
+        let span_mask = (1u64 << shift) - 1;
+        // Linear-address bits above this table's reach (sign bits included).
+        let above = !((1u64 << (shift + nbits)) - 1);
+        let table = Table::new(self.mem, table_gpa, width << nbits);
+        let (lo, hi) = ((first >> shift) & index_mask, (last >> shift) & index_mask);
+        for i in lo..=hi {
+            let base = (first & above) | (i << shift);
+            let entry_first = if i == lo { first } else { base };
+            let entry_last = last.min(base | span_mask);
+            let Some(e) = table.read(i * width, width) else {
+                let code = self.check.not_present_code();
+                return self.fault(entry_first, level, FaultReason::TableOutsideRam, code);
+            };
+            let flow = match layout.decode(level, e) {
+                Decoded::NotPresent => {
+                    let code = self.check.not_present_code();
+                    self.fault(entry_first, level, FaultReason::NotPresent, code)
+                }
+                Decoded::Reserved => {
+                    let code = self.check.reserved_code();
+                    self.fault(entry_first, level, FaultReason::ReservedBit, code)
+                }
+                Decoded::Table(next) => {
+                    self.path[usize::from(level)] = Some((table_gpa + i * width, e));
+                    self.table(level - 1, next, entry_first, entry_last, perms.with(e))
+                }
+                Decoded::Leaf(page, size) => {
+                    let p = perms.with(e);
+                    let eff = Permissions {
+                        writable: p.and & PTE_RW != 0,
+                        user: p.and & PTE_US != 0,
+                        executable: !(layout.nxe && p.or != 0),
+                        pkey: layout.pkey(e),
+                    };
+                    if let Some((code, reason)) = self.check.check(self.ctx, self.access, &eff) {
+                        return self.fault(entry_first, level, reason, code);
+                    }
+                    let m = Mapping {
+                        va: entry_first,
+                        len: entry_last - entry_first + 1,
+                        gpa: page | (entry_first & (size.bytes() - 1)),
+                        page_size: size,
+                        perms: eff,
+                        leaf: LeafEntry {
+                            gpa: Some(table_gpa + i * width),
+                            level,
+                            width: width as u8,
+                            value: e,
+                        },
+                    };
+                    match (self.f)(&m, &self.path) {
+                        ControlFlow::Continue(()) => Flow::Continue,
+                        ControlFlow::Break(()) => Flow::Stop,
+                    }
+                }
+            };
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+}

@@ -1,0 +1,4 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Shared helpers for the cross-crate integration tests.
