@@ -2,3 +2,5 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Shared helpers for the cross-crate integration tests.
+
+pub mod kvm;
