@@ -195,6 +195,7 @@ where
         access,
         check,
         path: [None; 6],
+        fault: None,
         f: &mut f,
     };
     let flow = match mode {
@@ -211,7 +212,11 @@ where
             None => RangeOutcome::Complete,
         },
         Flow::Stop => RangeOutcome::Stopped,
-        Flow::Fault(fault) => RangeOutcome::Faulted(fault),
+        Flow::Fault => match walk.fault {
+            Some(fault) => RangeOutcome::Faulted(fault),
+            // `Flow::Fault` is only ever returned with the fault parked.
+            None => gp(start, FaultReason::AddressTooWide),
+        },
     }
 }
 
@@ -256,10 +261,13 @@ impl Perms {
     }
 }
 
+/// What a level of the walk tells its caller. A fault is parked in
+/// [`Walk::fault`] so that this stays one byte in the hot loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Flow {
     Continue,
     Stop,
-    Fault(Fault),
+    Fault,
 }
 
 struct Walk<'a, M: GuestMemoryBackend + ?Sized, F> {
@@ -269,6 +277,7 @@ struct Walk<'a, M: GuestMemoryBackend + ?Sized, F> {
     access: Access,
     check: AccessCheck,
     path: Path,
+    fault: Option<Fault>,
     f: &'a mut F,
 }
 
@@ -277,13 +286,20 @@ where
     M: GuestMemoryBackend + ?Sized,
     F: FnMut(&Mapping, &Path) -> ControlFlow<()>,
 {
-    fn fault(&self, address: u64, level: u8, reason: FaultReason, code: ErrorCode) -> Flow {
-        Flow::Fault(Fault {
+    #[cold]
+    fn fault(&mut self, address: u64, level: u8, reason: FaultReason, code: ErrorCode) -> Flow {
+        self.raise(Fault {
             address,
             kind: FaultKind::PageFault(code),
             level,
             reason,
         })
+    }
+
+    #[cold]
+    fn raise(&mut self, fault: Fault) -> Flow {
+        self.fault = Some(fault);
+        Flow::Fault
     }
 
     /// Paging disabled: the linear address is the physical address.
@@ -334,14 +350,14 @@ where
                 Decoded::Table(next) => self.table(2, next, entry_first, entry_last, Perms::TOP),
                 // Reserved bits in a PDPTE: MOV to CR3 would have raised #GP
                 // (SDM 4.4.1); there is no page fault for it.
-                _ => Flow::Fault(Fault {
+                _ => self.raise(Fault {
                     address: entry_first,
                     kind: FaultKind::GeneralProtection,
                     level: 3,
                     reason: FaultReason::InvalidPdpte,
                 }),
             };
-            if !matches!(flow, Flow::Continue) {
+            if flow != Flow::Continue {
                 return flow;
             }
         }
@@ -412,7 +428,7 @@ where
                     }
                 }
             };
-            if !matches!(flow, Flow::Continue) {
+            if flow != Flow::Continue {
                 return flow;
             }
         }
