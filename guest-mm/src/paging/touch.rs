@@ -107,8 +107,12 @@ where
     if value & bits == bits {
         return true;
     }
-    let table = Table::new(mem, gpa, width);
+    // Resolve the whole table page, not the entry: `Table::new` only accepts
+    // 8-byte aligned host addresses, which a 4-byte entry of 32-bit paging
+    // at an odd index is not.
+    let page = gpa & !0xfff;
+    let table = Table::new(mem, page, 4096);
     table
-        .compare_exchange(0, width, value, value | bits)
+        .compare_exchange(gpa - page, width, value, value | bits)
         .unwrap_or(false)
 }
