@@ -4,3 +4,4 @@
 //! Shared helpers for the cross-crate integration tests.
 
 pub mod kvm;
+pub mod ptgen;
