@@ -328,19 +328,32 @@ where
     fn pae_root(&mut self, first: u64, last: u64) -> Flow {
         let root = self.ctx.root();
         let table = Table::new(self.mem, root, 32);
+        let pdptes: [Option<u64>; 4] = match self.ctx.pdptes {
+            Some(regs) => regs.map(Some),
+            None => [0, 1, 2, 3].map(|i| table.read(i * 8, 8)),
+        };
+        // MOV to CR3 loads the four PDPTEs together and, if any present one
+        // has a reserved bit, raises #GP and loads none of them (SDM 4.4.1):
+        // then no address translates, whichever PDPTE it would use.
+        let invalid = pdptes
+            .iter()
+            .flatten()
+            .any(|&e| self.layout.decode_pdpte(e) == Decoded::Reserved);
+        if invalid {
+            return self.raise(Fault {
+                address: first,
+                kind: FaultKind::GeneralProtection,
+                level: 3,
+                reason: FaultReason::InvalidPdpte,
+            });
+        }
         let (lo, hi) = ((first >> 30) & 3, (last >> 30) & 3);
         for i in lo..=hi {
             let entry_first = if i == lo { first } else { i << 30 };
             let entry_last = last.min((i << 30) | ((1 << 30) - 1));
-            let e = match self.ctx.pdptes {
-                Some(regs) => regs[i as usize],
-                None => match table.read(i * 8, 8) {
-                    Some(e) => e,
-                    None => {
-                        let code = self.check.not_present_code();
-                        return self.fault(entry_first, 3, FaultReason::TableOutsideRam, code);
-                    }
-                },
+            let Some(e) = pdptes[i as usize] else {
+                let code = self.check.not_present_code();
+                return self.fault(entry_first, 3, FaultReason::TableOutsideRam, code);
             };
             let flow = match self.layout.decode_pdpte(e) {
                 Decoded::NotPresent => {
