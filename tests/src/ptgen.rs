@@ -752,7 +752,7 @@ impl Builder<'_> {
                     let a = self.rng.next_u64();
                     self.canonical(a)
                 }
-                4 | 5 if mode.long() => {
+                4 if mode.long() => {
                     // Flip one bit above the sign bit: never canonical.
                     let a = self.path_address(root);
                     a ^ 1u64 << self.rng.range(u64::from(bits), 63)
