@@ -545,3 +545,49 @@ fn effective_permissions_combine_all_levels() {
         assert_eq!(tr.leaf.value, PA | P | pte_f);
     }
 }
+
+#[test]
+fn protection_keys_on_large_leaves_and_five_levels() {
+    // The key comes from the leaf, whatever its size, in 5-level paging too;
+    // bits 62:59 of non-leaf entries are ignored.
+    let mem = ram();
+    let mut b = Builder::new(&mem, PagingMode::Level5);
+    let p2 = b.map(0x0001_0000_0020_0000, 0x60_0000, 2, RW | US | 9 << 59);
+    b.map(0x0002_0000_4000_0000, 0x4000_0000, 3, RW | US | 14 << 59);
+    for l in 3..=5 {
+        let e = r64(&mem, p2.at(l));
+        w64(&mem, p2.at(l), e | 0xf << 59);
+    }
+    let ctx = PagingContext::new(
+        CR0_PG | CR0_WP,
+        b.root,
+        CR4_PAE | guest_mm::paging::context::CR4_LA57 | CR4_PKE,
+        EFER_LME | EFER_LMA | EFER_NXE,
+    );
+    let t2 = translate(&mem, &ctx, 0x0001_0000_0020_0000, UR).unwrap();
+    assert_eq!(t2.perms.pkey, Some(9));
+    let t1 = translate(&mem, &ctx, 0x0002_0000_4000_0000, UR).unwrap();
+    assert_eq!(t1.perms.pkey, Some(14));
+    let ad9 = ctx.with_pkru(1 << 18);
+    assert_eq!(
+        translate(&mem, &ad9, 0x0001_0000_0020_0000, UW).unwrap_err(),
+        pf(
+            0x0001_0000_0020_0000,
+            EC_P | EC_W | EC_U | EC_PK,
+            2,
+            FaultReason::ProtectionKey
+        )
+    );
+    // Key 15 (set in the upper levels) means nothing.
+    assert!(translate(&mem, &ctx.with_pkru(3 << 30), 0x0001_0000_0020_0000, UW).is_ok());
+    let wd14 = ctx.with_pkru(1 << 29);
+    assert_eq!(
+        translate(&mem, &wd14, 0x0002_0000_4000_0000, UW).unwrap_err(),
+        pf(
+            0x0002_0000_4000_0000,
+            EC_P | EC_W | EC_U | EC_PK,
+            3,
+            FaultReason::ProtectionKey
+        )
+    );
+}
