@@ -209,6 +209,11 @@ pub struct Image {
     pub efer: u64,
     /// Number of paging structures written.
     pub tables: usize,
+    /// PAE only: whether the generator put a reserved bit in a present
+    /// PDPTE (then MOV to CR3 would raise #GP and load none of them, SDM
+    /// 4.4.1: no CPU can be translating with these tables). Always false in
+    /// other modes.
+    pub pdpte_reserved: bool,
     /// Linear addresses to translate.
     pub addresses: Vec<u64>,
 }
@@ -244,6 +249,7 @@ struct Builder<'a> {
     cfg: GenConfig,
     rng: &'a mut Rng,
     free: Vec<u64>,
+    pdpte_reserved: bool,
     tables: HashMap<u64, Meta>,
     /// Tables by the level they were made for.
     by_level: [Vec<u64>; 6],
@@ -633,7 +639,7 @@ impl Builder<'_> {
         let m = self.m();
         let mut entries = Vec::new();
         for i in 0..4u64 {
-            let (value, target) = match self.rng.weighted(&[75, 10, 8, 7]) {
+            let (value, target) = match self.rng.weighted(&[80, 10, 3, 7]) {
                 0 => {
                     let t = if !self.by_level[2].is_empty() && self.rng.chance(20) {
                         let v = &self.by_level[2];
@@ -656,6 +662,7 @@ impl Builder<'_> {
                     let mut rsvd: Vec<u32> = (m..=63).collect();
                     rsvd.extend([1, 2, 5, 6, 7, 8]);
                     let t = self.rng.below(self.cfg.ram_bytes) & !(PAGE - 1);
+                    self.pdpte_reserved = true;
                     (P | t | 1u64 << self.rng.pick(&rsvd), None)
                 }
                 _ => (P | self.outside_ram(m), None),
@@ -785,6 +792,7 @@ pub fn generate(mem: &GuestMemoryMmap, cfg: &GenConfig, rng: &mut Rng) -> Image 
         cfg: *cfg,
         rng,
         free,
+        pdpte_reserved: false,
         tables: HashMap::new(),
         by_level: Default::default(),
         count: 0,
@@ -835,6 +843,7 @@ pub fn generate(mem: &GuestMemoryMmap, cfg: &GenConfig, rng: &mut Rng) -> Image 
         cr4,
         efer,
         tables: b.count,
+        pdpte_reserved: b.pdpte_reserved,
         addresses,
     }
 }

@@ -226,6 +226,8 @@ struct ModeStats {
     sizes: BTreeMap<String, usize>,
     /// MAXPHYADDR values this mode ran with.
     maxphyaddrs: Vec<u8>,
+    /// PAE images with a reserved bit in a present PDPTE: walker-only check.
+    invalid_pdpt_images: usize,
 }
 
 fn mode_for(g: GenMode) -> PagingMode {
@@ -336,6 +338,22 @@ fn walker_agrees_with_kvm_translate() {
                 if n == 0 {
                     st.maxphyaddrs.push(m);
                 }
+                if image.pdpte_reserved {
+                    // A state no CPU can be in: MOV to CR3 would have raised
+                    // #GP and loaded no PDPTE (SDM 4.4.1), and KVM may keep
+                    // stale PDPTE registers. Nothing to compare with KVM; the
+                    // walker must refuse every address with #GP.
+                    for &va in &image.addresses {
+                        let w = translate(&vm.mem, &ctx, va, Access::supervisor_read());
+                        assert!(
+                            matches!(w, Err(f) if f.kind == FaultKind::GeneralProtection),
+                            "PAE image with a reserved PDPTE bit (seed {seed:#x}): {va:#x} \
+                             gave {w:x?}"
+                        );
+                    }
+                    st.invalid_pdpt_images += 1;
+                    continue;
+                }
                 st.images += 1;
                 images_total += 1;
                 for &va in &image.addresses {
@@ -405,6 +423,13 @@ fn walker_agrees_with_kvm_translate() {
             known,
             st.mismatches
         );
+        if st.invalid_pdpt_images > 0 {
+            println!(
+                "    {} PAE images with a reserved PDPTE bit (MOV to CR3 would #GP, SDM \
+                 4.4.1): not compared with KVM, walker gave #GP for every address",
+                st.invalid_pdpt_images
+            );
+        }
         println!("    agreed translations by page size: {:?}", st.sizes);
         println!("    walker faults: {:?}", st.faults);
     }
@@ -491,6 +516,7 @@ fn generated_images_are_not_degenerate_in_any_mode() {
         let mut ok = 0usize;
         let mut err = 0usize;
         let mut sizes: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut pae_invalid = 0usize;
         for n in 0..32u64 {
             let m = MAXPHYADDRS[n as usize % MAXPHYADDRS.len()];
             let cfg = GenConfig {
@@ -510,6 +536,18 @@ fn generated_images_are_not_degenerate_in_any_mode() {
             let ctx =
                 PagingContext::new(image.cr0, image.cr3, image.cr4, image.efer).with_maxphyaddr(m);
             assert_eq!(ctx.mode(), mode_for(gen), "{image:x?}");
+            if image.pdpte_reserved {
+                // SDM 4.4.1: such PDPTEs cannot be loaded; every access #GP.
+                pae_invalid += 1;
+                for &va in &image.addresses {
+                    let w = translate(&mem, &ctx, va, Access::supervisor_read());
+                    assert!(
+                        matches!(w, Err(f) if f.kind == FaultKind::GeneralProtection),
+                        "{va:#x}: {w:x?}"
+                    );
+                }
+                continue;
+            }
             for &va in &image.addresses {
                 match translate(&mem, &ctx, va, Access::supervisor_read()) {
                     Ok(t) => {
@@ -521,9 +559,11 @@ fn generated_images_are_not_degenerate_in_any_mode() {
             }
         }
         println!(
-            "  generator {}: {ok} ok, {err} faults, {sizes:?}",
+            "  generator {}: {ok} ok, {err} faults, {sizes:?}, {pae_invalid} images with a \
+             reserved PDPTE bit",
             gen.name()
         );
+        assert_eq!(pae_invalid > 0, gen == GenMode::Pae, "{}", gen.name());
         let total = ok + err;
         assert!(
             ok * 10 >= total && err * 10 >= total,
