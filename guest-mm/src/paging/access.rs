@@ -206,7 +206,8 @@ pub enum FaultReason {
     ProtectionKey,
     /// A non-canonical address (4- and 5-level paging).
     NonCanonical,
-    /// An address beyond 32 bits in 32-bit, PAE or no paging.
+    /// An address beyond the linear-address space: above 32 bits in 32-bit,
+    /// PAE or no paging, or a range running past 2^64.
     AddressTooWide,
     /// A PAE PDPTE with reserved bits set: MOV to CR3 would have raised #GP.
     InvalidPdpte,

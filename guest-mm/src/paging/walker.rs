@@ -177,10 +177,15 @@ where
             };
             match wanted_last {
                 Some(l) if l <= half_last => (start, l, None, FaultReason::NonCanonical),
+                // The upper half ends at 2^64: a range running past it wraps,
+                // which no address space allows.
+                _ if half_last == u64::MAX => {
+                    (start, half_last, Some(0), FaultReason::AddressTooWide)
+                }
                 _ => (
                     start,
                     half_last,
-                    Some(half_last.wrapping_add(1)),
+                    Some(half_last + 1),
                     FaultReason::NonCanonical,
                 ),
             }
@@ -327,10 +332,12 @@ where
     /// context has them, else from the 32-byte PDPT at CR3.
     fn pae_root(&mut self, first: u64, last: u64) -> Flow {
         let root = self.ctx.root();
-        let table = Table::new(self.mem, root, 32);
         let pdptes: [Option<u64>; 4] = match self.ctx.pdptes {
             Some(regs) => regs.map(Some),
-            None => [0, 1, 2, 3].map(|i| table.read(i * 8, 8)),
+            None => {
+                let table = Table::new(self.mem, root, 32);
+                [0, 1, 2, 3].map(|i| table.read(i * 8, 8))
+            }
         };
         // MOV to CR3 loads the four PDPTEs together and, if any present one
         // has a reserved bit, raises #GP and loads none of them (SDM 4.4.1):
