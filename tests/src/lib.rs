@@ -4,6 +4,7 @@
 //! Shared helpers for the cross-crate integration tests.
 
 pub mod fuzz_walker;
+pub mod guest_exec;
 pub mod kvm;
 pub mod ptgen;
 pub mod ref_walker;
