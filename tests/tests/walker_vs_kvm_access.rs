@@ -356,7 +356,7 @@ fn make_cases(caps: Caps, seed: u64) -> Vec<Case> {
 
     // 4. Random everything: flags at every level, a reserved or ignored bit
     //    now and then, random control state and address.
-    for _ in 0..6000 {
+    for _ in 0..12000 {
         let leaf = if rng.bit() { Leaf::Pte4K } else { Leaf::Pde2M };
         let mut flags = [0; 4];
         for (i, f) in flags.iter_mut().enumerate() {
@@ -653,6 +653,60 @@ fn probe_smep_smap(g: &mut GuestExec) -> (bool, bool) {
     (faulted(smep), faulted(smap))
 }
 
+/// The harness's TLB handling: change only the PTE of one address between
+/// runs and check that each run sees the new entry (a stale translation
+/// would repeat the previous outcome).
+fn check_entry_changes_are_seen(g: &mut GuestExec) {
+    let idx = [5, 6, 7, 8];
+    let va = canonical(idx[0] << 39 | idx[1] << 30 | idx[2] << 21 | idx[3] << 12 | 0x80);
+    let s = AccessSetup {
+        kind: AccessKind::Write,
+        user: true,
+        va,
+        wp: true,
+        nxe: true,
+        smep: false,
+        smap: false,
+        pke: false,
+        ac: false,
+    };
+    let pf = |code: u32| Outcome::Exception {
+        vector: 14,
+        error_code: Some(u64::from(code)),
+        rip: GuestExec::stub_rip(&s),
+        cr2: va,
+    };
+    let steps = [
+        (OPEN | A, Outcome::Done),
+        (P | US | A, pf(ErrorCode::P | ErrorCode::W | ErrorCode::U)),
+        (OPEN | A, Outcome::Done),
+        (RW | US, pf(ErrorCode::W | ErrorCode::U)),
+        (OPEN, Outcome::Done),
+        (P | RW | A, pf(ErrorCode::P | ErrorCode::W | ErrorCode::U)),
+    ];
+    for (n, (pte_flags, want)) in steps.into_iter().enumerate() {
+        let e = entries_for(idx, Leaf::Pte4K, [OPEN | A, OPEN | A, OPEN | A, pte_flags]);
+        let c = Case {
+            sweep: "flush check",
+            setup: s,
+            pkru: 0,
+            leaf: Leaf::Pte4K,
+            idx,
+            entries: e,
+        };
+        let writes: Vec<(u64, u64)> = c.entry_gpas().into_iter().zip(c.entries).collect();
+        g.write_entries(&writes).expect("entry writes");
+        let sregs = g.sregs_for(&s).expect("sregs");
+        let got = g.access(&s, &sregs).expect("access");
+        assert_eq!(
+            got, want,
+            "step {n}: after changing only the PTE to {:#x} the guest saw {got:x?}: \
+             the harness does not flush translations",
+            e[3]
+        );
+    }
+}
+
 #[test]
 fn walker_matches_guest_execution_permissions_and_faults() {
     let Some(vm) = vm_or_skip("walker_vs_kvm_access", MEM_BYTES, Some(MAXPHYADDR)) else {
@@ -668,6 +722,7 @@ fn walker_matches_guest_execution_permissions_and_faults() {
     // only used if it does.
     let force = !(host.smep && host.smap);
     let mut g = GuestExec::new(vm, force).expect("guest setup");
+    check_entry_changes_are_seen(&mut g);
     let (smep_enforced, smap_enforced) = probe_smep_smap(&mut g);
     let caps = Caps {
         smep_smap: smep_enforced && smap_enforced,
@@ -718,6 +773,7 @@ fn walker_matches_guest_execution_permissions_and_faults() {
     let start = Instant::now();
     let mut mismatches: Vec<Mismatch> = Vec::new();
     let mut ad_checked = 0usize;
+    let mut ad_changed = 0usize;
     let mut faults = 0usize;
     let mut by_sweep: Vec<(&str, usize)> = Vec::new();
     let mut current_pkru = None;
@@ -817,6 +873,13 @@ fn walker_matches_guest_execution_permissions_and_faults() {
                 .map(|&a| shadow.read_obj::<u64>(GuestAddress(a)).unwrap())
                 .collect();
             ad_checked += 1;
+            if cpu
+                .iter()
+                .zip(&c.entries)
+                .any(|(now, before)| now != before)
+            {
+                ad_changed += 1;
+            }
             if t.is_err() || cpu != ours {
                 mismatches.push(Mismatch {
                     prev,
@@ -845,7 +908,8 @@ fn walker_matches_guest_execution_permissions_and_faults() {
         println!("  sweep {name}: {n} cases");
     }
     println!(
-        "  {faults} faulted, {} completed ({ad_checked} with A/D compared against touch); \
+        "  {faults} faulted, {} completed ({ad_checked} with A/D compared against touch, \
+         {ad_changed} of them with A or D set by the CPU); \
          {:.1} s, {:.0} us per case; seed {seed:#x}",
         cases.len() - faults,
         elapsed.as_secs_f64(),
