@@ -161,7 +161,22 @@ struct Case {
 /// walker. Panics, with the full case, on any disagreement.
 pub fn run(data: &[u8]) {
     let case = Case::decode(data);
-    case.check();
+    let _ = case.check();
+}
+
+/// [`run`], also naming what the input exercised: the paging mode and the
+/// outcome of `translate` (page size, or fault kind and reason). The corpus
+/// replay prints a histogram of these.
+pub fn run_with_summary(data: &[u8]) -> String {
+    let case = Case::decode(data);
+    let result = case.check();
+    match result {
+        Ok(t) => format!("{:?}: translates ({:?})", case.mode, t.page_size),
+        Err(f) => match f.kind {
+            FaultKind::PageFault(_) => format!("{:?}: #PF {:?}", case.mode, f.reason),
+            FaultKind::GeneralProtection => format!("{:?}: #GP {:?}", case.mode, f.reason),
+        },
+    }
 }
 
 fn sign_extend(v: u64, bits: u32) -> u64 {
@@ -544,7 +559,7 @@ impl Case {
         panic!("{s}");
     }
 
-    fn check(&self) {
+    fn check(&self) -> Result<Translation, Fault> {
         let before = self.snapshot();
         let gm = paging::translate(&self.mem, &self.ctx, self.addr, self.access);
         let rf = ref_walker::translate(&self.mem, &self.ctx, self.addr, self.access);
@@ -556,6 +571,7 @@ impl Case {
             self.fail("translate or walk_range wrote guest memory");
         }
         self.check_touch(&gm, &rf, &before);
+        gm
     }
 
     /// `walk_range` agrees with `translate` (and the reference) on every page
@@ -606,6 +622,19 @@ impl Case {
                 }
             }
             cursor += u128::from(m.len);
+        }
+        // Breaking out of the walk after the first mapping stops it there.
+        if !maps.is_empty() {
+            let mut first = Vec::new();
+            let stopped = paging::walk_range(&self.mem, &self.ctx, start, len, self.access, |m| {
+                first.push(*m);
+                ControlFlow::Break(())
+            });
+            if stopped != RangeOutcome::Stopped || first != maps[..1] {
+                self.fail(&format!(
+                    "walk_range({start:#x}, {len:#x}) with Break: {stopped:#x?} after {first:#x?}"
+                ));
+            }
         }
         match outcome {
             RangeOutcome::Complete => {
