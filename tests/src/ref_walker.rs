@@ -769,6 +769,60 @@ mod tests {
     }
 
     #[test]
+    fn access_rules_and_keys() {
+        use guest_mm::paging::context::{CR0_WP, CR4_PKE, CR4_SMAP, RFLAGS_AC};
+        let m = mem();
+        // A read-only user 4K page with protection key 5 at 0x5000.
+        m.write_obj(0x2000u64 | 7, GuestAddress(0x1000)).unwrap();
+        m.write_obj(0x3000u64 | 7, GuestAddress(0x2000)).unwrap();
+        m.write_obj(0x4000u64 | 7, GuestAddress(0x3000)).unwrap();
+        m.write_obj(0x9000u64 | 5 | (5 << 59), GuestAddress(0x4000 + 5 * 8))
+            .unwrap();
+        let base = PagingContext::new(CR0_PG, 0x1000, CR4_PAE, EFER_LME | EFER_LMA);
+        let sup_write = Access::supervisor_write();
+        let implicit_read = Access::new(AccessKind::Read, Privilege::ImplicitSupervisor);
+        // WP = 0: supervisor writes ignore R/W; WP = 1: they do not.
+        assert!(translate(&m, &base, 0x5000, sup_write).is_ok());
+        let wp = PagingContext {
+            cr0: CR0_PG | CR0_WP,
+            ..base
+        };
+        let f = translate(&m, &wp, 0x5000, sup_write).unwrap_err();
+        assert_eq!(f.kind, FaultKind::PageFault(ErrorCode(PF_P | PF_W)));
+        assert_eq!(f.reasons, vec![FaultReason::ReadOnly]);
+        // SMAP: explicit reads allowed with AC, implicit ones never.
+        let smap = PagingContext {
+            cr4: CR4_PAE | CR4_SMAP,
+            ..base
+        };
+        assert!(translate(&m, &smap, 0x5000, Access::supervisor_read()).is_err());
+        let smap_ac = smap.with_rflags(RFLAGS_AC);
+        assert!(translate(&m, &smap_ac, 0x5000, Access::supervisor_read()).is_ok());
+        let f = translate(&m, &smap_ac, 0x5000, implicit_read).unwrap_err();
+        assert_eq!(f.kind, FaultKind::PageFault(ErrorCode(PF_P)));
+        // PKRU: WD for key 5 stops user writes (with the R/W fault too, PK
+        // set), AD stops reads.
+        let pke = PagingContext {
+            cr4: CR4_PAE | CR4_PKE,
+            ..base
+        };
+        let wd = pke.with_pkru(2 << 10);
+        assert!(translate(&m, &wd, 0x5000, Access::user_read()).is_ok());
+        let f = translate(&m, &wd, 0x5000, Access::user_write()).unwrap_err();
+        assert_eq!(
+            f.kind,
+            FaultKind::PageFault(ErrorCode(PF_P | PF_W | PF_U | PF_PK))
+        );
+        let ad = pke.with_pkru(1 << 10);
+        let f = translate(&m, &ad, 0x5000, Access::user_read()).unwrap_err();
+        assert_eq!(f.kind, FaultKind::PageFault(ErrorCode(PF_P | PF_U | PF_PK)));
+        assert_eq!(f.reasons, vec![FaultReason::ProtectionKey]);
+        // Fetches ignore keys.
+        let fetch = Access::new(AccessKind::Fetch, Privilege::User);
+        assert!(translate(&m, &ad, 0x5000, fetch).is_ok());
+    }
+
+    #[test]
     fn pae_invalid_pdpte_is_gp() {
         let m = mem();
         m.write_obj(0x2000u64 | 1, GuestAddress(0x1000)).unwrap();
