@@ -36,12 +36,18 @@
 //! bitmap.
 //!
 //! IDT: vectors 0..31 are interrupt gates (DPL0) to per-vector stubs that
-//! record the exception in [`trap_record`] and resume at its `fixup` address
-//! when one is set, or else at [`guest_unexpected_trap`](crate::guest_unexpected_trap)
-//! on a fresh CPL3 stack. Vector [`GATE_INFO_VECTOR`] (DPL3) returns CR0,
-//! CR4, the handler's CS and the caller's CS, RFLAGS and SS as the CPU pushed
-//! them. Vector [`GATE_STOP_VECTOR`] (DPL3) forces a triple fault (the
-//! last-resort way to stop the VM).
+//! record the exception in [`trap_record`] (with CR0, CR4 and the handler's
+//! CS, so that CPL3 learns them by causing an exception) and resume at its
+//! `fixup` address when one is set, or else at
+//! [`guest_unexpected_trap`](crate::guest_unexpected_trap) on a fresh CPL3
+//! stack. Vector [`GATE_INFO_VECTOR`] (DPL3) returns CR0, CR4, the handler's
+//! CS and the caller's CS, RFLAGS and SS as the CPU pushed them (kvm_pvm
+//! raises #UD for `int N` at CPL3 instead, so nothing depends on it).
+//!
+//! All memory, the descriptor tables and page tables included, is
+//! user-accessible except the supervisor test alias: this is a test program
+//! with no isolation to keep, and the last-resort stop (clear the IDT from
+//! CPL3, then fault: a triple fault) relies on it.
 
 use core::arch::global_asm;
 
@@ -64,8 +70,6 @@ pub const HIGH_ALIAS: u64 = 0x8000_0000;
 /// DPL3 gate: returns CR0, CR4, the handler's CS and the caller's CS,
 /// RFLAGS and SS (see the module doc).
 pub const GATE_INFO_VECTOR: u8 = 0x40;
-/// DPL3 gate: stops the VM with a triple fault.
-pub const GATE_STOP_VECTOR: u8 = 0x41;
 /// Bytes of the CPL0 (kernel) stack.
 pub const KERNEL_STACK_SIZE: u64 = 0x4000;
 
@@ -88,6 +92,16 @@ pub struct TrapRecord {
     pub fixup: u64,
     /// RSP in the handler: on the kernel stack when the TSS did its job.
     pub handler_rsp: u64,
+    /// RFLAGS of the interrupted code.
+    pub rflags: u64,
+    /// SS of the interrupted code.
+    pub ss: u64,
+    /// CR0 in the handler.
+    pub cr0: u64,
+    /// CR4 in the handler.
+    pub cr4: u64,
+    /// CS of the handler.
+    pub handler_cs: u64,
 }
 
 extern "C" {
@@ -95,10 +109,14 @@ extern "C" {
     pub static mut trap_record: TrapRecord;
     /// Physical address of the PVH `hvm_start_info` (EBX at entry).
     pub static start_info_paddr: u64;
+    /// CPUID.80000001H:EDX as CPL0 saw it (0 if the leaf is absent).
+    pub static boot_cpuid_ext_edx: u32;
     /// The page-directory-pointer table (entry 2 is the [`HIGH_ALIAS`]).
     pub static boot_pdpt: [u64; 512];
     /// A page aliased by the 4K test mappings.
     pub static mut test_page: [u64; 512];
+    /// The IDT (256 gates of 16 bytes).
+    pub static mut boot_idt: [u64; 512];
     /// Lowest address of the CPL0 stack.
     pub static kernel_stack: [u8; KERNEL_STACK_SIZE as usize];
 }
@@ -150,6 +168,7 @@ _start:
     jb 1f
     movl $0x80000001, %eax
     cpuid
+    movl %edx, boot_cpuid_ext_edx
     btl $26, %edx
     jnc 1f
     movl $0x87, boot_pdpt + 2 * 8
@@ -198,19 +217,13 @@ long_entry:
     addq $16, %rdi
     decl %ecx
     jnz 2b
-    /* The two DPL3 interrupt gates (int N from CPL3). */
+    /* A DPL3 interrupt gate (int N from CPL3). */
     movl $gate_info, %eax
     movw %ax, boot_idt + {info_vector} * 16
     movw $0x08, boot_idt + {info_vector} * 16 + 2
     movw $0xee00, boot_idt + {info_vector} * 16 + 4
     shrl $16, %eax
     movw %ax, boot_idt + {info_vector} * 16 + 6
-    movl $gate_stop, %eax
-    movw %ax, boot_idt + {stop_vector} * 16
-    movw $0x08, boot_idt + {stop_vector} * 16 + 2
-    movw $0xee00, boot_idt + {stop_vector} * 16 + 4
-    shrl $16, %eax
-    movw %ax, boot_idt + {stop_vector} * 16 + 6
     lidt boot_idt_ptr
     movw $0x28, %ax
     ltr %ax
@@ -260,6 +273,16 @@ trap_common:
     movq %rax, trap_record + 24
     movq 32(%rsp), %rax
     movq %rax, trap_record + 32
+    movq 40(%rsp), %rax
+    movq %rax, trap_record + 64
+    movq 56(%rsp), %rax
+    movq %rax, trap_record + 72
+    movq %cr0, %rax
+    movq %rax, trap_record + 80
+    movq %cr4, %rax
+    movq %rax, trap_record + 88
+    movl %cs, %eax
+    movq %rax, trap_record + 96
     incq trap_record + 40
     movq trap_record + 48, %rax
     testq %rax, %rax
@@ -292,11 +315,6 @@ gate_info:
     movq 32(%rsp), %r9
     iretq
 
-    /* GATE_STOP_VECTOR: an empty IDT and an exception: triple fault. */
-gate_stop:
-    lidt boot_null_idt_ptr
-    ud2
-
     .section .data.boot, "aw", @progbits
     .balign 16
 boot_gdt:
@@ -318,11 +336,6 @@ boot_gdt_ptr:
 boot_idt_ptr:
     .word 4095
     .quad boot_idt
-    .balign 8
-    .word 0, 0, 0
-boot_null_idt_ptr:
-    .word 0
-    .quad 0
 
     /* 64-bit TSS: RSP0 at 4, I/O map base at 102; the bitmap follows at 0x68.
        Bit n clear = port n allowed. Bytes 0..127 cover ports 0..0x3ff; ports
@@ -385,6 +398,7 @@ pt_alias:
     .globl test_page
 test_page:
     .skip 4096
+    .globl boot_idt
 boot_idt:
     .skip 4096
     .globl kernel_stack
@@ -397,16 +411,18 @@ user_stack_top:
     .balign 8
     .globl trap_record
 trap_record:
-    .skip 64
+    .skip 104
     .globl start_info_paddr
 start_info_paddr:
     .skip 8
+    .globl boot_cpuid_ext_edx
+boot_cpuid_ext_edx:
+    .skip 4
 
     .text
 "#,
     user_cs = const USER_CS,
     info_vector = const GATE_INFO_VECTOR,
-    stop_vector = const GATE_STOP_VECTOR,
     user_ds = const USER_DS,
     user_rflags = const USER_RFLAGS,
     alias_2m_target = const ALIAS_2M_TARGET,
