@@ -21,7 +21,7 @@
 //!
 //! Run: `cargo test --release -p integration-tests --test guest_qemu -- --nocapture`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -90,6 +90,12 @@ fn guest_image() -> &'static Path {
     })
 }
 
+/// Says why a test skips on the real stderr (the test harness captures
+/// `eprintln!`, not direct writes), so that it shows without --nocapture.
+fn skip(why: &str) {
+    let _ = writeln!(std::io::stderr(), "{why}");
+}
+
 /// Finds `qemu-system-x86_64`, or says what to do when it is missing: fail
 /// in CI (env `CI` set and not "false"/"0"), skip loudly elsewhere.
 fn qemu(test: &str) -> Option<PathBuf> {
@@ -105,10 +111,10 @@ fn qemu(test: &str) -> Option<PathBuf> {
             "{test}: qemu-system-x86_64 is not in PATH, and CI is set: CI must run this check \
              (.ci/run installs it: apt-get install qemu-system-x86)"
         );
-        eprintln!(
+        skip(&format!(
             "SKIPPED {test}: qemu-system-x86_64 is not in PATH (apt-get install qemu-system-x86); \
              CI fails here instead of skipping"
-        );
+        ));
     }
     found
 }
@@ -273,7 +279,7 @@ fn print_run(what: &str, run: &Run) {
 fn guest_boots_under_qemu_microvm_kvm() {
     const TEST: &str = "guest_boots_under_qemu_microvm_kvm";
     if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED {TEST}: /dev/kvm is absent");
+        skip(&format!("SKIPPED {TEST}: /dev/kvm is absent"));
         return;
     }
     let Some(qemu) = qemu(TEST) else { return };
