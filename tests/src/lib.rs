@@ -8,3 +8,11 @@ pub mod guest_exec;
 pub mod kvm;
 pub mod ptgen;
 pub mod ref_walker;
+
+/// Write a summary line to the real stderr, past the test harness's output
+/// capture (which takes `println!`/`eprintln!`, not direct writes), so that
+/// the differential tests' counts show in every CI log.
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}

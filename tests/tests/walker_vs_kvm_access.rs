@@ -899,11 +899,11 @@ fn walker_matches_guest_execution_permissions_and_faults() {
     }
     let elapsed = start.elapsed();
 
-    println!(
+    integration_tests::report(&format!(
         "walker-vs-kvm access: {} cases, {} mismatches",
         cases.len(),
         mismatches.len()
-    );
+    ));
     for (name, n) in &by_sweep {
         println!("  sweep {name}: {n} cases");
     }

@@ -451,10 +451,10 @@ fn walker_agrees_with_kvm_translate() {
     for (k, n) in &known_total {
         println!("  known difference {k:?}: {n} ({})", k.describe());
     }
-    println!(
+    integration_tests::report(&format!(
         "walker-vs-kvm translate: {images_total} images, {addresses_total} addresses, \
          {mismatches_total} mismatches"
-    );
+    ));
     println!("  ({:.1} s)", started.elapsed().as_secs_f64());
 
     if !shown.is_empty() {
