@@ -317,19 +317,7 @@ impl GuestExec {
             unusable: 0,
             padding: 0,
         };
-        let data = kvm_segment {
-            selector: if s.user { SEL_DATA3 } else { SEL_DATA0 },
-            type_: 0x3,
-            db: 1,
-            l: 0,
-            ..cs
-        };
-        sregs.cs = cs;
-        sregs.ss = data;
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
+        crate::kvm::set_flat_segments(&mut sregs, cs, if s.user { SEL_DATA3 } else { SEL_DATA0 });
         sregs.tr = kvm_segment {
             base: TSS,
             limit: TSS_LIMIT as u32,

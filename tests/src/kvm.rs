@@ -180,19 +180,7 @@ impl TestVm {
             g: 1,
             ..Default::default()
         };
-        let data = kvm_segment {
-            selector: 0x10,
-            type_: 0x3,
-            db: 1,
-            l: 0,
-            ..code
-        };
-        sregs.cs = code;
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.ss = data;
+        set_flat_segments(&mut sregs, code, 0x10);
         // Protected mode is required for paging.
         sregs.cr0 = ctx.cr0 | 1;
         sregs.cr3 = ctx.cr3;
@@ -233,4 +221,23 @@ pub fn vm_or_skip(test: &str, mem_bytes: usize, maxphyaddr: Option<u8>) -> Optio
         }
         Err(e) => panic!("{test}: {e}"),
     }
+}
+
+/// Load `code` into CS and a flat read/write data segment with selector
+/// `data_selector` (same base, limit, DPL and granularity as `code`) into SS,
+/// DS, ES, FS and GS.
+pub fn set_flat_segments(sregs: &mut kvm_sregs, code: kvm_segment, data_selector: u16) {
+    let data = kvm_segment {
+        selector: data_selector,
+        type_: 0x3,
+        db: 1,
+        l: 0,
+        ..code
+    };
+    sregs.cs = code;
+    sregs.ss = data;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
 }

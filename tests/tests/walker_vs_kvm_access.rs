@@ -43,13 +43,9 @@ use vmm::paging::{context_from_sregs, ExtraPagingRegs};
 /// entry are reserved and can be tested.
 const MAXPHYADDR: u8 = 40;
 
-const P: u64 = 1;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const A: u64 = 1 << 5;
-const D: u64 = 1 << 6;
-const PS: u64 = 1 << 7;
-const XD: u64 = 1 << 63;
+use guest_mm::paging::entry::{
+    PTE_A as A, PTE_D as D, PTE_P as P, PTE_PS as PS, PTE_RW as RW, PTE_US as US, PTE_XD as XD,
+};
 /// Permissive upper-level flags.
 const OPEN: u64 = P | RW | US;
 
