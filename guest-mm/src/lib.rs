@@ -13,7 +13,10 @@
 //! * [`paging`]: the x86 page-table walker (32-bit, PAE, 4-level, 5-level),
 //!   with every permission and reserved-bit check of the Intel SDM, a range
 //!   walker that descends once, and the separate Accessed/Dirty update.
+//! * [`gup`]: the pinning engine: a frame table, RAII pins, a lockless fast
+//!   path and a slow path that faults pages in.
 
 #![deny(missing_docs)]
 
+pub mod gup;
 pub mod paging;

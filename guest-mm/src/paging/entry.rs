@@ -274,6 +274,59 @@ pub(crate) fn pae_pdpte_reserved(m: u32) -> u64 {
     bits(m, 63) | bits(5, 8) | bits(1, 2)
 }
 
+/// Where a leaf entry lives in host memory: the fast path re-reads it after
+/// taking its pin (pin, then recheck). Borrowed from the guest memory the
+/// walk read, so it cannot outlive the mapping.
+#[derive(Clone, Copy)]
+pub(crate) struct LeafSlot<'a> {
+    ptr: *const u8,
+    width: u8,
+    _mem: std::marker::PhantomData<&'a ()>,
+}
+
+impl LeafSlot<'_> {
+    /// No entry (paging disabled).
+    pub(crate) fn none() -> Self {
+        LeafSlot {
+            ptr: std::ptr::null(),
+            width: 0,
+            _mem: std::marker::PhantomData,
+        }
+    }
+
+    /// Re-read the entry, sequentially consistent: ordered after the pin
+    /// that precedes it (a locked RMW on x86, so this costs a plain load).
+    /// `None` for [`LeafSlot::none`].
+    #[inline]
+    pub(crate) fn reread(&self) -> Option<u64> {
+        if self.ptr.is_null() {
+            return None;
+        }
+        if self.width == 8 {
+            // SAFETY: `ptr` was produced by `Table::slot`, which checked that
+            // the 8 bytes lie in a live guest-memory mapping borrowed for
+            // 'a, 8-byte aligned.
+            Some(unsafe { &*(self.ptr as *const AtomicU64) }.load(Ordering::SeqCst))
+        } else {
+            // SAFETY: as above, for a 4-byte aligned, in-bounds AtomicU32.
+            Some(u64::from(
+                unsafe { &*(self.ptr as *const AtomicU32) }.load(Ordering::SeqCst),
+            ))
+        }
+    }
+}
+
+/// Re-read the leaf entry `leaf` from `mem` (the slow path's recheck);
+/// `None` if it has no entry or lies outside RAM.
+pub(crate) fn reread_leaf<M>(mem: &M, leaf: &LeafEntry) -> Option<u64>
+where
+    M: GuestMemoryBackend + ?Sized,
+{
+    let gpa = leaf.gpa?;
+    let page = gpa & !0xfff;
+    Table::new(mem, page, 4096).read(gpa - page, u64::from(leaf.width))
+}
+
 /// A read-only view of one paging structure (or the part of it that lies in
 /// guest RAM), resolved to host memory once per table page.
 pub(crate) struct Table<'a, R: GuestMemoryRegion> {
@@ -324,6 +377,19 @@ impl<'a, R: GuestMemoryRegion> Table<'a, R> {
             Some(self.host.wrapping_add(offset as usize))
         } else {
             None
+        }
+    }
+
+    /// The slot of the entry at byte `offset`, for a later re-read.
+    #[inline]
+    pub(crate) fn slot(&self, offset: u64, width: u64) -> LeafSlot<'a> {
+        match self.ptr(offset, width) {
+            Some(ptr) => LeafSlot {
+                ptr,
+                width: width as u8,
+                _mem: std::marker::PhantomData,
+            },
+            None => LeafSlot::none(),
         }
     }
 

@@ -50,7 +50,7 @@ where
 {
     for _ in 0..TOUCH_RETRIES {
         let mut found: Option<(Translation, Path)> = None;
-        let outcome = walk_with_path(mem, ctx, address, 1, access, |m, path| {
+        let outcome = walk_with_path(mem, ctx, address, 1, access, |m, path, _| {
             found = Some((
                 Translation {
                     gpa: m.gpa,

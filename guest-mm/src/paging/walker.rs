@@ -24,7 +24,7 @@ use vm_memory::GuestMemoryBackend;
 
 use super::access::{Access, AccessCheck, ErrorCode, Fault, FaultKind, FaultReason, Permissions};
 use super::context::{PagingContext, PagingMode};
-use super::entry::{Decoded, Layout, LeafEntry, PageSize, Table, PTE_RW, PTE_US, PTE_XD};
+use super::entry::{Decoded, Layout, LeafEntry, LeafSlot, PageSize, Table, PTE_RW, PTE_US, PTE_XD};
 
 /// One leaf mapping met by [`walk_range`]: the part of the requested range
 /// that a single leaf entry maps.
@@ -123,7 +123,7 @@ where
     M: GuestMemoryBackend + ?Sized,
     F: FnMut(&Mapping) -> ControlFlow<()>,
 {
-    walk_with_path(mem, ctx, start, len, access, |m, _| f(m))
+    walk_with_path(mem, ctx, start, len, access, |m, _, _| f(m))
 }
 
 /// The non-leaf entries of the current walk, by level: the guest-physical
@@ -132,9 +132,10 @@ where
 pub(crate) type Path = [Option<(u64, u64)>; 6];
 
 /// [`walk_range`], also handing the callback the non-leaf entries that lead to
-/// each leaf (for [`touch`](super::touch)).
-pub(crate) fn walk_with_path<M, F>(
-    mem: &M,
+/// each leaf (for [`touch`](super::touch)) and where the leaf lives in host
+/// memory (for the GUP fast path's recheck).
+pub(crate) fn walk_with_path<'m, M, F>(
+    mem: &'m M,
     ctx: &PagingContext,
     start: u64,
     len: u64,
@@ -143,7 +144,7 @@ pub(crate) fn walk_with_path<M, F>(
 ) -> RangeOutcome
 where
     M: GuestMemoryBackend + ?Sized,
-    F: FnMut(&Mapping, &Path) -> ControlFlow<()>,
+    F: FnMut(&Mapping, &Path, LeafSlot<'m>) -> ControlFlow<()>,
 {
     if len == 0 {
         return RangeOutcome::Complete;
@@ -275,8 +276,8 @@ enum Flow {
     Fault,
 }
 
-struct Walk<'a, M: GuestMemoryBackend + ?Sized, F> {
-    mem: &'a M,
+struct Walk<'m, 'a, M: GuestMemoryBackend + ?Sized, F> {
+    mem: &'m M,
     ctx: &'a PagingContext,
     layout: Layout,
     access: Access,
@@ -286,10 +287,10 @@ struct Walk<'a, M: GuestMemoryBackend + ?Sized, F> {
     f: &'a mut F,
 }
 
-impl<M, F> Walk<'_, M, F>
+impl<'m, M, F> Walk<'m, '_, M, F>
 where
     M: GuestMemoryBackend + ?Sized,
-    F: FnMut(&Mapping, &Path) -> ControlFlow<()>,
+    F: FnMut(&Mapping, &Path, LeafSlot<'m>) -> ControlFlow<()>,
 {
     #[cold]
     fn fault(&mut self, address: u64, level: u8, reason: FaultReason, code: ErrorCode) -> Flow {
@@ -322,7 +323,7 @@ where
                 value: 0,
             },
         };
-        match (self.f)(&m, &self.path) {
+        match (self.f)(&m, &self.path, LeafSlot::none()) {
             ControlFlow::Continue(()) => Flow::Continue,
             ControlFlow::Break(()) => Flow::Stop,
         }
@@ -442,7 +443,7 @@ where
                             value: e,
                         },
                     };
-                    match (self.f)(&m, &self.path) {
+                    match (self.f)(&m, &self.path, table.slot(i * width, width)) {
                         ControlFlow::Continue(()) => Flow::Continue,
                         ControlFlow::Break(()) => Flow::Stop,
                     }
