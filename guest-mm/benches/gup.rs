@@ -1,0 +1,461 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! GUP throughput: `cargo bench -p guest-mm --bench gup`.
+//!
+//! Pins and unpins 1 GiB of guest-virtual space (262144 4K pages) mapped by
+//! 4-level tables in a real `GuestMemoryMmap<AtomicBitmap>`, and prints the
+//! median ns per 4K page of each row, then the ratios of issue 3. All rows
+//! run in the same process, so the ratios compare like with like; absolute
+//! times drift on shared machines.
+//!
+//! Rows:
+//! * fast path (4K shuffled, 4K contiguous, 2M, 1G leaves, everything
+//!   already perfect), slow path with A/D clear, slow path with the host
+//!   pages not populated (the GUP engine, through the hooks in [`Gup`]);
+//! * the ideal baseline of DESIGN 8 (range walk + one atomic add and one
+//!   atomic sub per page, inline in `gup/ideal.rs`), and the walk alone;
+//! * reference rows: the ideal baseline on the other leaf kinds and
+//!   guest-mm's own `walk_range` without pins.
+//!
+//! The in-memory rows run interleaved, one sample of each per round, so a
+//! noisy neighbour hits them all alike.
+
+#[path = "gup/ideal.rs"]
+mod ideal;
+#[path = "gup/images.rs"]
+mod images;
+
+use std::hint::black_box;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use guest_mm::paging::{touch, translate, walk_range, Access, RangeOutcome};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use ideal::Ideal;
+use images::{Image, Leaves, Mem, PAGE, PAGES, RAM_BYTES};
+
+// ---------------------------------------------------------------------------
+// GUP ENGINE HOOKS: the only code to change when guest_mm::gup lands.
+//
+// Each hook pins the whole range [img.va, img.va + img.len) of `img` for a
+// user write (PIN | WRITE, plus what the row needs), holds every pin, then
+// releases them all, and returns the number of 4K pages pinned. The bench
+// checks that count (a short pin must not look fast) and, for the slow rows,
+// that the engine did the slow work (A/D set, host pages resident).
+// ---------------------------------------------------------------------------
+
+/// True while the hooks run the ideal baseline instead of the GUP engine.
+/// Set it to false when the engine is wired in.
+const STAND_IN: bool = true;
+
+/// The GUP engine under test.
+struct Gup {
+    /// STAND-IN: GUP engine not wired yet.
+    stand_in: Ideal,
+}
+
+impl Gup {
+    /// Set the engine up over `mem` (frame table, memory map).
+    fn new(_mem: &Mem) -> Self {
+        Gup {
+            stand_in: Ideal::new(RAM_BYTES),
+        }
+    }
+
+    /// Fast path: every entry has A and D, every host page is present.
+    /// Engine: PIN | WRITE | USER | FAST_ONLY over the image's context.
+    fn fast_pin_unpin(&mut self, mem: &Mem, img: &Image) -> u64 {
+        // STAND-IN: GUP engine not wired yet.
+        self.stand_in.pin_unpin(mem, &img.ctx, img.va, img.len)
+    }
+
+    /// Slow path, A/D clear: the bench clears every A and D bit of `img`
+    /// before each run. Engine: PIN | WRITE | USER | TOUCH (sets them).
+    fn slow_touch_pin_unpin(&mut self, mem: &Mem, img: &Image) -> u64 {
+        // STAND-IN: GUP engine not wired yet. The ideal walk bails on clear
+        // A/D bits, so the stand-in is a naive slow path: per page, the
+        // walker's `touch` (a walk from the root, then A/D set by
+        // compare-exchange), then one atomic on the frame.
+        let mut pages = 0;
+        for p in 0..img.len / PAGE {
+            let t = touch(mem, &img.ctx, img.va + p * PAGE, Access::user_write())
+                .expect("stand-in: every page of the image is mapped");
+            if !self.stand_in.pin_gpa(t.gpa) {
+                break;
+            }
+            pages += 1;
+        }
+        self.stand_in.unpin();
+        pages
+    }
+
+    /// Slow path, host pages not populated: the bench drops every data
+    /// frame from host memory (MADV_DONTNEED) before each run; the engine
+    /// must populate them (MADV_POPULATE_WRITE).
+    fn slow_populate_pin_unpin(&mut self, mem: &Mem, img: &Image) -> u64 {
+        // STAND-IN: GUP engine not wired yet. The ideal pin, then one
+        // MADV_POPULATE_WRITE per pinned 4K frame.
+        let bytes = self.stand_in.pin(mem, &img.ctx, img.va, img.len);
+        for &frame in self.stand_in.held_frames() {
+            let host = mem
+                .get_host_address(GuestAddress(u64::from(frame) * PAGE))
+                .expect("pinned frames are in RAM");
+            // SAFETY: `host` is a page of `mem`'s private anonymous mapping;
+            // populating it only faults it in.
+            let rc =
+                unsafe { libc::madvise(host.cast(), PAGE as usize, libc::MADV_POPULATE_WRITE) };
+            assert_eq!(
+                rc,
+                0,
+                "MADV_POPULATE_WRITE: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        self.stand_in.unpin();
+        bytes / PAGE
+    }
+
+    /// Whether every pin the engine ever took has been released.
+    fn all_released(&self) -> bool {
+        self.stand_in.all_zero()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The bench.
+// ---------------------------------------------------------------------------
+
+/// Samples per in-memory row (rounds).
+const RUNS: usize = 11;
+/// Samples of each slow row (each is a full 1 GiB pin with its setup).
+const SLOW_RUNS: usize = 9;
+/// Shortest sample of a fast row: cheap rows repeat the pin to fill it.
+/// (20 ms: a 1 GiB 4K pin takes about 2 ms, so a cold first pass weighs
+/// little.)
+const MIN_SAMPLE: Duration = Duration::from_millis(20);
+
+const STAND_IN_NOTE: &str = "(stand-in: GUP engine not wired yet)";
+
+struct State {
+    mem: Mem,
+    images: Vec<Image>,
+    ideal: Ideal,
+    gup: Gup,
+}
+
+impl State {
+    fn image(&self, leaves: Leaves) -> &Image {
+        images::find(&self.images, leaves)
+    }
+}
+
+/// One measured row.
+struct Row {
+    name: String,
+    note: &'static str,
+    samples: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, note: &'static str) -> Self {
+        Row {
+            name: name.into(),
+            note,
+            samples: Vec::new(),
+        }
+    }
+
+    fn median(&self) -> f64 {
+        let mut v = self.samples.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    fn max(&self) -> f64 {
+        self.samples.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// An in-memory row: one call pins and unpins the whole range and returns
+/// the 4K pages done.
+struct FastRow {
+    row: Row,
+    f: fn(&mut State) -> u64,
+    reps: u32,
+}
+
+fn ideal_row(st: &mut State, leaves: Leaves) -> u64 {
+    let State {
+        mem, images, ideal, ..
+    } = st;
+    let img = images::find(images, leaves);
+    ideal.pin_unpin(mem, &img.ctx, img.va, img.len)
+}
+
+fn fast_row(st: &mut State, leaves: Leaves) -> u64 {
+    let State {
+        mem, images, gup, ..
+    } = st;
+    let img = images::find(images, leaves);
+    gup.fast_pin_unpin(mem, img)
+}
+
+fn walk_alone_row(st: &mut State) -> u64 {
+    let img = st.image(Leaves::Shuffled4K);
+    let (pages, sum) = ideal::walk_alone(&st.mem, &img.ctx, img.va, img.len);
+    black_box(sum);
+    pages
+}
+
+fn walker_row(st: &mut State) -> u64 {
+    let img = st.image(Leaves::Shuffled4K);
+    let mut pages = 0;
+    let mut sum = 0u64;
+    let out = walk_range(
+        &st.mem,
+        &img.ctx,
+        img.va,
+        img.len,
+        Access::user_write(),
+        |m| {
+            pages += m.len >> 12;
+            sum = sum.wrapping_add(m.gpa);
+            ControlFlow::Continue(())
+        },
+    );
+    assert_eq!(out, RangeOutcome::Complete);
+    black_box(sum);
+    pages
+}
+
+/// Time `reps` calls of `f`; ns per 4K page. Panics unless every call did
+/// the whole range.
+fn sample(st: &mut State, f: fn(&mut State) -> u64, reps: u32, name: &str) -> f64 {
+    let t = Instant::now();
+    let mut pages = 0;
+    for _ in 0..reps {
+        pages += f(st);
+    }
+    let ns = t.elapsed().as_nanos() as f64;
+    assert_eq!(
+        pages,
+        PAGES * u64::from(reps),
+        "{name}: pinned fewer pages than the range holds"
+    );
+    ns / pages as f64
+}
+
+/// Repetitions that make one sample last at least [`MIN_SAMPLE`].
+fn calibrate(st: &mut State, f: fn(&mut State) -> u64, name: &str) -> u32 {
+    sample(st, f, 1, name); // warm-up: caches, branch predictors, lazy state
+    let t = Instant::now();
+    sample(st, f, 1, name);
+    let once = t.elapsed().max(Duration::from_nanos(1));
+    (MIN_SAMPLE.as_nanos() / once.as_nanos()).clamp(1, 1 << 20) as u32
+}
+
+/// A slow row: `setup` (untimed) before each run, `f` timed, `check`
+/// (untimed) after each run.
+fn slow_row(
+    st: &mut State,
+    row: &mut Row,
+    setup: fn(&State),
+    f: fn(&mut State) -> u64,
+    check: fn(&State),
+) {
+    for _ in 0..SLOW_RUNS {
+        setup(st);
+        let ns = sample(st, f, 1, &row.name);
+        check(st);
+        row.samples.push(ns);
+    }
+}
+
+/// The images map what they were built to map: guest-mm's walker agrees
+/// with each image's own record on a spread of pages, and the ideal walk
+/// covers the whole range.
+fn check_images(mem: &Mem, images: &[Image]) {
+    for img in images {
+        for p in (0..PAGES).step_by(997).chain([PAGES - 1]) {
+            let va = img.va + p * PAGE + 0x123;
+            let t = translate(mem, &img.ctx, va, Access::user_write()).expect("mapped");
+            assert_eq!(Some(t.gpa), img.expected_gpa(va), "{}", img.leaves.name());
+        }
+        let (pages, _) = ideal::walk_alone(mem, &img.ctx, img.va, img.len);
+        assert_eq!(pages, PAGES, "{}", img.leaves.name());
+    }
+}
+
+fn main() {
+    let t0 = Instant::now();
+    let mem = images::guest_memory();
+    let images = images::build_all(&mem);
+    check_images(&mem, &images);
+    images::populate_data(&mem);
+    let gup = Gup::new(&mem);
+    let mut st = State {
+        mem,
+        images,
+        ideal: Ideal::new(RAM_BYTES),
+        gup,
+    };
+    println!(
+        "gup bench: 1 GiB = {PAGES} 4K pages per run; in-memory rows {RUNS} rounds, slow rows {SLOW_RUNS} runs; medians in ns per 4K page"
+    );
+    if STAND_IN {
+        println!("NOTE: the GUP engine rows run the ideal baseline {STAND_IN_NOTE}");
+    }
+    let engine_note = if STAND_IN { STAND_IN_NOTE } else { "" };
+
+    // In-memory rows, interleaved round by round.
+    let mut fast: Vec<FastRow> = vec![
+        FastRow {
+            row: Row::new("ideal 4K shuffled (walk + atomic add + sub)", ""),
+            f: |st| ideal_row(st, Leaves::Shuffled4K),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("walk alone 4K shuffled (ideal walk, no atomics)", ""),
+            f: walk_alone_row,
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("fast 4K shuffled", engine_note),
+            f: |st| fast_row(st, Leaves::Shuffled4K),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("fast 4K contiguous", engine_note),
+            f: |st| fast_row(st, Leaves::Contiguous4K),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("fast 2M", engine_note),
+            f: |st| fast_row(st, Leaves::Huge2M),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("fast 1G", engine_note),
+            f: |st| fast_row(st, Leaves::Huge1G),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("ref: ideal 4K contiguous", ""),
+            f: |st| ideal_row(st, Leaves::Contiguous4K),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("ref: ideal 2M (atomic per 2M block)", ""),
+            f: |st| ideal_row(st, Leaves::Huge2M),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("ref: ideal 1G (atomic per 2M block)", ""),
+            f: |st| ideal_row(st, Leaves::Huge1G),
+            reps: 1,
+        },
+        FastRow {
+            row: Row::new("ref: guest-mm walk_range 4K shuffled, no pin", ""),
+            f: walker_row,
+            reps: 1,
+        },
+    ];
+    for r in &mut fast {
+        r.reps = calibrate(&mut st, r.f, &r.row.name);
+    }
+    // A fresh row order every round: no row always runs after the same
+    // neighbour (whose cache footprint it would inherit).
+    let mut order: Vec<usize> = (0..fast.len()).collect();
+    let mut rng = images::Rng(0x0bad_cafe);
+    for _ in 0..RUNS {
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let r = &mut fast[i];
+            let ns = sample(&mut st, r.f, r.reps, &r.row.name);
+            r.row.samples.push(ns);
+        }
+    }
+    assert!(st.ideal.all_zero(), "ideal: a counter is not back to zero");
+
+    // Slow path, A/D clear.
+    let mut slow_ad = Row::new("slow A/D clear, 4K shuffled", engine_note);
+    slow_row(
+        &mut st,
+        &mut slow_ad,
+        |st| st.image(Leaves::Shuffled4K).clear_accessed_dirty(&st.mem),
+        |st| {
+            let State {
+                mem, images, gup, ..
+            } = st;
+            gup.slow_touch_pin_unpin(mem, images::find(images, Leaves::Shuffled4K))
+        },
+        |st| {
+            assert!(
+                st.image(Leaves::Shuffled4K).all_accessed_dirty(&st.mem),
+                "slow A/D row: the engine left A/D bits clear"
+            );
+        },
+    );
+    st.image(Leaves::Shuffled4K).set_accessed_dirty(&st.mem);
+
+    // Slow path, host pages not populated.
+    let mut slow_pop = Row::new("slow host-populate, 4K shuffled", engine_note);
+    slow_row(
+        &mut st,
+        &mut slow_pop,
+        |st| images::discard_data(&st.mem),
+        |st| {
+            let State {
+                mem, images, gup, ..
+            } = st;
+            gup.slow_populate_pin_unpin(mem, images::find(images, Leaves::Shuffled4K))
+        },
+        |st| {
+            assert_eq!(
+                images::resident_data_pages(&st.mem),
+                PAGES,
+                "slow populate row: the engine left host pages unpopulated"
+            );
+        },
+    );
+    images::populate_data(&st.mem);
+    assert!(st.gup.all_released(), "GUP: a pin is still outstanding");
+
+    // The table.
+    let mut rows: Vec<Row> = fast.into_iter().map(|r| r.row).collect();
+    rows.push(slow_ad);
+    rows.push(slow_pop);
+    println!();
+    println!("{:<48} {:>11} {:>11} {:>11}", "row", "median", "min", "max");
+    for r in &rows {
+        println!(
+            "{:<48} {:>11.3} {:>11.3} {:>11.3}  {}",
+            r.name,
+            r.median(),
+            r.min(),
+            r.max(),
+            r.note
+        );
+    }
+    let get = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(prefix))
+            .map(Row::median)
+            .expect("row exists")
+    };
+    let ideal4k = get("ideal 4K shuffled");
+    let fast4k = get("fast 4K shuffled");
+    println!();
+    println!("bench time {:.1} s", t0.elapsed().as_secs_f64());
+    println!("ratio fast4k/ideal {:.3}", fast4k / ideal4k);
+    println!("ns_per_page fast2m {:.4}", get("fast 2M"));
+    println!("ns_per_page fast1g {:.4}", get("fast 1G"));
+}
