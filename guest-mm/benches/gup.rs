@@ -15,6 +15,10 @@
 //!   pages not populated (the GUP engine, through the hooks in [`Gup`]);
 //! * the ideal baseline of DESIGN 8 (range walk + one atomic add and one
 //!   atomic sub per page, inline in `gup/ideal.rs`), and the walk alone;
+//! * Linux's own pin+unpin of 262144 present 4K host pages (io_uring buffer
+//!   registration, `gup/linux_pin.rs`) and KVM_TRANSLATE per page
+//!   (`gup/kvm_translate.rs`), each skipped with a SKIPPED line and an `n/a`
+//!   ratio where unavailable;
 //! * reference rows: the ideal baseline on the other leaf kinds and
 //!   guest-mm's own `walk_range` without pins.
 //!
@@ -25,6 +29,10 @@
 mod ideal;
 #[path = "gup/images.rs"]
 mod images;
+#[path = "gup/kvm_translate.rs"]
+mod kvm_translate;
+#[path = "gup/linux_pin.rs"]
+mod linux_pin;
 
 use std::hint::black_box;
 use std::ops::ControlFlow;
@@ -46,7 +54,8 @@ use images::{Image, Leaves, Mem, PAGE, PAGES, RAM_BYTES};
 // that the engine did the slow work (A/D set, host pages resident).
 // ---------------------------------------------------------------------------
 
-/// True while the hooks run the ideal baseline instead of the GUP engine.
+/// True while the hooks run stand-ins (the ideal baseline, naive per-page
+/// slow paths) instead of the GUP engine.
 /// Set it to false when the engine is wired in.
 const STAND_IN: bool = true;
 
@@ -292,6 +301,89 @@ fn check_images(mem: &Mem, images: &[Image]) {
     }
 }
 
+/// Linux pin+unpin through io_uring buffer registration, one row per iovec
+/// size; `Err` says why io_uring is unavailable here.
+fn linux_rows() -> Result<Vec<Row>, String> {
+    let mut lp = linux_pin::LinuxPin::new(images::GIB as usize).map_err(|e| e.0)?;
+    let unavailable = |e: std::io::Error| -> String {
+        match e.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES | libc::ENOMEM | libc::EOPNOTSUPP | libc::ENOSYS) => {
+                format!("IORING_REGISTER_BUFFERS: {e}")
+            }
+            _ => panic!("linux_pin: IORING_REGISTER_BUFFERS failed: {e}"),
+        }
+    };
+    // Untimed: the kernel really pins (and unpins) the whole GiB.
+    lp.set_iovec_bytes(images::GIB as usize);
+    match lp.verify().map_err(unavailable)? {
+        Some((during, after)) => {
+            assert_eq!(
+                during,
+                images::GIB >> 10,
+                "linux_pin: VmPin while registered (KiB)"
+            );
+            assert_eq!(after, 0, "linux_pin: VmPin after unregistering (KiB)");
+        }
+        None => println!(
+            "note: linux_pin: this kernel reports no VmPin; registration not cross-checked"
+        ),
+    }
+    let mut rows = Vec::new();
+    for iov in [images::GIB as usize, 16 << 20, 2 << 20] {
+        lp.set_iovec_bytes(iov);
+        lp.pin_unpin().map_err(unavailable)?; // warm-up
+        let name = format!(
+            "linux io_uring pin+unpin, {} x {} MiB iovecs",
+            lp.iovecs(),
+            iov >> 20
+        );
+        let mut row = Row::new(name, "");
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            lp.pin_unpin().map_err(unavailable)?;
+            row.samples
+                .push(t.elapsed().as_nanos() as f64 / lp.pages() as f64);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Pages KVM_TRANSLATE is timed on per run (evenly spread over the GiB).
+const KVM_SAMPLE: u64 = 20_000;
+/// Runs of the KVM row.
+const KVM_RUNS: usize = 5;
+
+/// KVM_TRANSLATE per page on the 4K shuffled image; `Err` when /dev/kvm is
+/// absent. Every translation is checked against the image.
+fn kvm_row(mem: &Mem, img: &Image) -> Result<Row, String> {
+    let kvm = match kvm_translate::KvmTranslate::new(mem, &img.ctx) {
+        Ok(k) => k,
+        Err(kvm_translate::KvmError::Absent(why)) => return Err(why),
+        Err(kvm_translate::KvmError::Failed(why)) => panic!("kvm_translate: {why}"),
+    };
+    let vas: Vec<u64> = (0..KVM_SAMPLE)
+        .map(|i| img.va + (i * PAGES / KVM_SAMPLE) * PAGE)
+        .collect();
+    let mut got = vec![None; vas.len()];
+    let mut row = Row::new(
+        format!("kvm KVM_TRANSLATE per page ({KVM_SAMPLE} pages)"),
+        "",
+    );
+    for _ in 0..KVM_RUNS {
+        let t = Instant::now();
+        for (va, out) in vas.iter().zip(got.iter_mut()) {
+            *out = kvm.translate(*va).unwrap_or_else(|e| panic!("{e}"));
+        }
+        row.samples
+            .push(t.elapsed().as_nanos() as f64 / KVM_SAMPLE as f64);
+        for (va, out) in vas.iter().zip(&got) {
+            assert_eq!(*out, img.expected_gpa(*va), "KVM_TRANSLATE {va:#x}");
+        }
+    }
+    Ok(row)
+}
+
 fn main() {
     let t0 = Instant::now();
     let mem = images::guest_memory();
@@ -309,7 +401,9 @@ fn main() {
         "gup bench: 1 GiB = {PAGES} 4K pages per run; in-memory rows {RUNS} rounds, slow rows {SLOW_RUNS} runs; medians in ns per 4K page"
     );
     if STAND_IN {
-        println!("NOTE: the GUP engine rows run the ideal baseline {STAND_IN_NOTE}");
+        println!(
+            "NOTE: the GUP engine rows run stand-ins (fast: the ideal baseline; slow: naive per-page loops) {STAND_IN_NOTE}"
+        );
     }
     let engine_note = if STAND_IN { STAND_IN_NOTE } else { "" };
 
@@ -429,10 +523,37 @@ fn main() {
     images::populate_data(&st.mem);
     assert!(st.gup.all_released(), "GUP: a pin is still outstanding");
 
+    let linux = linux_rows();
+    let kvm = kvm_row(&st.mem, st.image(Leaves::Shuffled4K));
+
     // The table.
     let mut rows: Vec<Row> = fast.into_iter().map(|r| r.row).collect();
     rows.push(slow_ad);
     rows.push(slow_pop);
+    // Linux's best iovec layout is the one compared (the conservative
+    // choice for the ratio).
+    let linux_pin = match linux {
+        Ok(lr) => {
+            let best = lr.iter().map(Row::median).fold(f64::INFINITY, f64::min);
+            rows.extend(lr);
+            Ok(best)
+        }
+        Err(why) => {
+            println!("SKIPPED linux_pin: io_uring buffer registration unavailable: {why}");
+            Err(why)
+        }
+    };
+    let kvm_translate = match kvm {
+        Ok(row) => {
+            let m = row.median();
+            rows.push(row);
+            Ok(m)
+        }
+        Err(why) => {
+            println!("SKIPPED kvm_translate: {why}");
+            Err(why)
+        }
+    };
     println!();
     println!("{:<48} {:>11} {:>11} {:>11}", "row", "median", "min", "max");
     for r in &rows {
@@ -456,6 +577,14 @@ fn main() {
     println!();
     println!("bench time {:.1} s", t0.elapsed().as_secs_f64());
     println!("ratio fast4k/ideal {:.3}", fast4k / ideal4k);
+    match linux_pin {
+        Ok(ns) => println!("ratio linux_pin/fast4k {:.3}", ns / fast4k),
+        Err(why) => println!("ratio linux_pin/fast4k n/a ({why})"),
+    }
+    match kvm_translate {
+        Ok(ns) => println!("ratio kvm_translate/fast4k {:.1}", ns / fast4k),
+        Err(why) => println!("ratio kvm_translate/fast4k n/a ({why})"),
+    }
     println!("ns_per_page fast2m {:.4}", get("fast 2M"));
     println!("ns_per_page fast1g {:.4}", get("fast 1G"));
 }
