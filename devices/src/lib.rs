@@ -1,8 +1,17 @@
 // Copyright 2026 The guest-mm authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `devices`: the virtio-mmio transport, virtio-blk, the serial console and
-//! the exit port, whose every DMA access goes through guest-mm pins.
+//! `devices`: the legacy devices the VMM emulates today (serial console,
+//! exit port, i8042 reset) and, with the virtio-blk issue, the virtio-mmio
+//! transport and virtio-blk, whose every DMA access will go through guest-mm
+//! pins.
 //!
-//! Empty for now: the devices arrive with the virtio-blk issue. Nothing here
-//! pretends to work yet.
+//! Devices never panic on guest input: every port and value a guest may
+//! write is either handled or ignored (and counted by [`pio::PioBus`]).
+
+#![deny(missing_docs)]
+
+pub mod exit_port;
+pub mod i8042;
+pub mod pio;
+pub mod serial;

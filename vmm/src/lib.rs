@@ -1,12 +1,27 @@
 // Copyright 2026 The guest-mm authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `vmm`: the KVM side of the project.
+//! `vmm`: a KVM microVM monitor (DESIGN section 6).
 //!
-//! For now it holds the one piece of KVM glue the walker needs: turning a
-//! vCPU's special registers into a [`guest_mm::paging::PagingContext`]
-//! ([`paging`]). Booting guests arrives with the VMM issue.
+//! - [`cli`], [`app`]: the command line and what the binary does with it.
+//! - [`vm`]: one VM from creation to stop, and the exit-code convention.
+//! - [`memory`]: guest RAM (vm-memory with a dirty bitmap) as KVM slots.
+//! - [`boot`]: PVH and Linux boot (linux-loader).
+//! - [`vcpu`], [`cpuid`]: vCPU state and run loop.
+//! - [`event_loop`]: event-manager loop for exit, signals and stdin.
+//! - [`guest_image`]: the embedded built-in guest.
+//! - [`paging`]: a vCPU's `kvm_sregs` as a guest-mm paging context.
 
 #![deny(missing_docs)]
 
+pub mod app;
+pub mod boot;
+pub mod cli;
+pub mod cpuid;
+pub mod error;
+pub mod event_loop;
+pub mod guest_image;
+pub mod memory;
 pub mod paging;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,128 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What `vmm` does with its command line: check every flag and file, boot
+//! the VM, say why it stopped and how long it took, and return the process
+//! exit code (see [`crate::vm::ExitReason::exit_code`]).
+
+use std::ffi::OsString;
+use std::io::{Cursor, Read};
+
+use clap::Parser;
+
+use crate::cli::{open_file, Cli, DEFAULT_LINUX_CMDLINE};
+use crate::error::{Error, Result, EXIT_VMM_ERROR};
+use crate::event_loop::block_stop_signals;
+use crate::guest_image;
+use crate::vm::{self, ExitReason, RunReport, VmConfig};
+
+/// Parses `args` (program name first), runs the VM, returns the exit code.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed.
+            let code = if e.use_stderr() { EXIT_VMM_ERROR } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            EXIT_VMM_ERROR
+        }
+    }
+}
+
+fn read_all(flag: &'static str, path: &std::path::PathBuf) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_file(flag, path)?
+        .read_to_end(&mut bytes)
+        .map_err(|source| Error::File {
+            flag,
+            path: path.clone(),
+            source,
+        })?;
+    Ok(bytes)
+}
+
+/// Runs the VM `cli` describes; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    // First, before any thread exists: every thread inherits the mask.
+    let signals = block_stop_signals()?;
+    for disk in &cli.disk {
+        disk.open()?;
+        eprintln!(
+            "vmm: --disk {}: opened {}, but NOT attached: virtio-blk is not implemented yet, the guest sees no disk",
+            disk.path.display(),
+            if disk.read_only { "read-only" } else { "read-write" }
+        );
+    }
+    let initrd = match &cli.initrd {
+        Some(path) => Some((
+            format!("--initrd {}", path.display()),
+            read_all("--initrd", path)?,
+        )),
+        None => None,
+    };
+    let ram_bytes = cli.mem << 20;
+    let console = Box::new(std::io::stdout());
+    let report = match &cli.kernel {
+        Some(path) => vm::run(
+            VmConfig {
+                ram_bytes,
+                vcpus: cli.vcpus,
+                kernel_name: format!("--kernel {}", path.display()),
+                kernel: open_file("--kernel", path)?,
+                initrd,
+                cmdline: cli
+                    .cmdline
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.to_string()),
+                console,
+            },
+            signals,
+        )?,
+        None => vm::run(
+            VmConfig {
+                ram_bytes,
+                vcpus: cli.vcpus,
+                kernel_name: "the built-in guest".into(),
+                kernel: Cursor::new(guest_image::IMAGE),
+                initrd,
+                cmdline: cli.cmdline.clone().unwrap_or_default(),
+                console,
+            },
+            signals,
+        )?,
+    };
+    print_report(&report);
+    Ok(report.exit.exit_code())
+}
+
+fn print_report(r: &RunReport) {
+    match &r.exit {
+        ExitReason::GuestStatus(0) | ExitReason::Reset => {}
+        other => eprintln!("vmm: {}", other.describe()),
+    }
+    if r.pio_unhandled + r.mmio_unhandled > 0 {
+        eprintln!(
+            "vmm: ignored {} port and {} MMIO accesses that no device claims",
+            r.pio_unhandled, r.mmio_unhandled
+        );
+    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    match r.first_output {
+        Some(first) => eprintln!(
+            "boot: first guest output after {:.1} ms, exit after {:.1} ms",
+            ms(first),
+            ms(r.exit_after)
+        ),
+        None => eprintln!(
+            "boot: no guest output, exit after {:.1} ms",
+            ms(r.exit_after)
+        ),
+    }
+}
