@@ -36,13 +36,14 @@ mod linux_pin;
 
 use std::hint::black_box;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use guest_mm::paging::{touch, translate, walk_range, Access, RangeOutcome};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use ideal::Ideal;
-use images::{Image, Leaves, Mem, PAGE, PAGES, RAM_BYTES};
+use images::{Image, Leaves, Mem, Region, PAGE, PAGES, RAM_BYTES};
 
 // ---------------------------------------------------------------------------
 // GUP ENGINE HOOKS: the only code to change when guest_mm::gup lands.
@@ -66,8 +67,9 @@ struct Gup {
 }
 
 impl Gup {
-    /// Set the engine up over `mem` (frame table, memory map).
-    fn new(_mem: &Mem) -> Self {
+    /// Set the engine up over the bench's guest RAM: `mem`, whose only
+    /// region is `regions[0]` (the same mapping, shared).
+    fn new(_mem: &Mem, _regions: &[Arc<Region>]) -> Self {
         Gup {
             stand_in: Ideal::new(RAM_BYTES),
         }
@@ -386,11 +388,11 @@ fn kvm_row(mem: &Mem, img: &Image) -> Result<Row, String> {
 
 fn main() {
     let t0 = Instant::now();
-    let mem = images::guest_memory();
+    let (mem, regions) = images::guest_memory();
     let images = images::build_all(&mem);
     check_images(&mem, &images);
     images::populate_data(&mem);
-    let gup = Gup::new(&mem);
+    let gup = Gup::new(&mem, &regions);
     let mut st = State {
         mem,
         images,

@@ -17,12 +17,13 @@
 //! the A/D bits off and back on for the slow-path row.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use guest_mm::paging::context::{CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE};
 use guest_mm::paging::entry::{PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US};
 use guest_mm::paging::{CpuFeatures, PagingContext, PagingMode};
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 /// The guest memory every image lives in.
 pub type Mem = GuestMemoryMmap<AtomicBitmap>;
@@ -139,10 +140,19 @@ fn write(mem: &Mem, gpa: u64, value: u64) {
     entry(mem, gpa).store(value, Ordering::Release);
 }
 
-/// Guest RAM for the images: one lazily backed region of [`RAM_BYTES`] at
-/// guest-physical 0, with a dirty bitmap.
-pub fn guest_memory() -> Mem {
-    Mem::from_ranges(&[(GuestAddress(0), RAM_BYTES as usize)]).expect("guest memory")
+/// One region of [`Mem`].
+pub type Region = GuestRegionMmap<AtomicBitmap>;
+
+/// Guest RAM for the images: one lazily backed anonymous region of
+/// [`RAM_BYTES`] at guest-physical 0, with a dirty bitmap. Also returns the
+/// region itself (shared, not copied), for an engine that is built from
+/// regions.
+pub fn guest_memory() -> (Mem, Vec<Arc<Region>>) {
+    let region =
+        Region::from_range(GuestAddress(0), RAM_BYTES as usize, None).expect("guest RAM region");
+    let regions = vec![Arc::new(region)];
+    let mem = Mem::from_arc_regions(regions.clone()).expect("guest memory");
+    (mem, regions)
 }
 
 /// Build the image of `leaves` in `mem`. Each kind has its own table area,
