@@ -28,13 +28,14 @@
 //! protocol, with the code of `frames.rs`.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
-use crate::paging::entry::{LeafSlot, PTE_A, PTE_D};
-use crate::paging::walker::walk_with_path;
-use crate::paging::{Access, FaultReason, PageSize, PagingContext, RangeOutcome};
+use crate::paging::entry::{LeafSlot, PTE_A, PTE_D, PTE_P};
+use crate::paging::walker::{walk_visit, Path, PteRun, RunEnd, Visitor};
+use crate::paging::{Access, FaultReason, Mapping, PageSize, PagingContext, RangeOutcome};
 
 use super::frames::Refused;
-use super::memmap::{MemoryMap, PAGE_SIZE};
+use super::memmap::{MemoryMap, RamRegion, PAGE_SIZE};
 use super::pin::Builder;
 use super::stats::Fallback;
 
@@ -78,28 +79,18 @@ pub(crate) fn page_tables(
     access: Access,
 ) -> FastEnd {
     let write = access.is_write();
-    let need = if write { PTE_A | PTE_D } else { PTE_A };
-    let mut stop = None;
-    // The region of the previous leaf: most leaves fall in the same one.
-    let mut cached = None;
-    let start = b.next();
-    let outcome = walk_with_path(
-        map.memory(),
-        ctx,
-        start,
-        end - start,
-        access,
-        |m, _, slot| match take_leaf(map, b, &mut cached, m, slot, need, write) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(reason) => {
-                stop = Some(reason);
-                ControlFlow::Break(())
-            }
-        },
-    );
-    match outcome {
+    let mut v = Fast {
+        map,
+        b,
+        cached: None,
+        need: if write { PTE_A | PTE_D } else { PTE_A },
+        write,
+        stop: None,
+    };
+    let start = v.b.next();
+    match walk_visit(map.memory(), ctx, start, end - start, access, &mut v) {
         RangeOutcome::Complete => None,
-        RangeOutcome::Stopped => stop,
+        RangeOutcome::Stopped => v.stop,
         RangeOutcome::Faulted(f) => Some(match f.reason {
             FaultReason::NotPresent | FaultReason::TableOutsideRam => Fallback::NotPresent,
             _ => Fallback::Protection,
@@ -107,40 +98,104 @@ pub(crate) fn page_tables(
     }
 }
 
-#[inline]
-fn take_leaf<'m>(
+/// The fast path as a walk visitor.
+struct Fast<'m, 'b> {
     map: &'m MemoryMap,
-    b: &mut Builder,
-    cached: &mut Option<&'m std::sync::Arc<super::memmap::RamRegion>>,
-    m: &crate::paging::Mapping,
-    slot: LeafSlot<'_>,
+    b: &'b mut Builder,
+    /// The region of the previous page: most pages fall in the same one.
+    cached: Option<&'m Arc<RamRegion>>,
+    /// A, and D for WRITE.
     need: u64,
     write: bool,
-) -> Result<(), Fallback> {
-    if m.leaf.value & need != need {
-        return Err(Fallback::AccessedDirty);
-    }
-    let region = match *cached {
-        Some(r) if r.contains(m.gpa) => r,
-        _ => {
-            let r = map.find(m.gpa).ok_or(Fallback::NotRam)?;
-            *cached = Some(r);
-            r
+    stop: FastEnd,
+}
+
+impl<'m> Fast<'m, '_> {
+    /// The RAM region of `[gpa, gpa + len)`, usable for this request.
+    #[inline(always)]
+    fn region(&mut self, gpa: u64, len: u64) -> Result<&'m Arc<RamRegion>, Fallback> {
+        let region = match self.cached {
+            Some(r) if r.contains(gpa) => r,
+            _ => {
+                let r = self.map.find(gpa).ok_or(Fallback::NotRam)?;
+                if self.write && r.options().read_only {
+                    return Err(Fallback::ReadOnly);
+                }
+                self.cached = Some(r);
+                r
+            }
+        };
+        if region.remaining(gpa) < len {
+            return Err(Fallback::NotRam);
         }
-    };
-    if region.remaining(m.gpa) < m.len {
-        return Err(Fallback::NotRam);
+        Ok(region)
     }
-    if write && region.options().read_only {
-        return Err(Fallback::ReadOnly);
+
+    #[inline(always)]
+    fn stop(&mut self, reason: Fallback) -> ControlFlow<()> {
+        self.stop = Some(reason);
+        ControlFlow::Break(())
     }
-    let large = m.page_size != PageSize::Size4K;
-    b.take(region, m.gpa, m.len, large).map_err(refused)?;
-    // Pin first, then recheck (see the module comment).
-    // (With paging disabled there is no entry to recheck.)
-    if m.leaf.gpa.is_some() && slot.reread() != Some(m.leaf.value) {
-        b.untake_last(m.len);
-        return Err(Fallback::LeafChanged);
+}
+
+impl<'m> Visitor<'m> for Fast<'m, '_> {
+    /// Large leaves (and any leaf the walker does not batch).
+    fn leaf(&mut self, m: &Mapping, _path: &Path, slot: LeafSlot<'m>) -> ControlFlow<()> {
+        if m.leaf.value & self.need != self.need {
+            return self.stop(Fallback::AccessedDirty);
+        }
+        let region = match self.region(m.gpa, m.len) {
+            Ok(r) => r,
+            Err(reason) => return self.stop(reason),
+        };
+        let large = m.page_size != PageSize::Size4K;
+        if let Err(r) = self.b.take(region, m.gpa, m.len, large) {
+            return self.stop(refused(r));
+        }
+        // Pin first, then recheck (see the module comment). With paging
+        // disabled there is no entry to recheck.
+        if m.leaf.gpa.is_some() && slot.reread() != Some(m.leaf.value) {
+            self.b.untake_last(m.len);
+            return self.stop(Fallback::LeafChanged);
+        }
+        ControlFlow::Continue(())
     }
-    Ok(())
+
+    /// A run of 4K leaves: the hot loop.
+    #[inline(always)]
+    fn pte_run(&mut self, run: &PteRun<'m>) -> Option<RunEnd> {
+        for i in run.lo..=run.hi {
+            let e = run.entry(i);
+            let reason = if !run.accepts(e) {
+                // Not present, reserved bits or rights: the slow path will
+                // walk it again and report exactly what the CPU would.
+                if e & PTE_P == 0 {
+                    Fallback::NotPresent
+                } else {
+                    Fallback::Protection
+                }
+            } else if e & self.need != self.need {
+                Fallback::AccessedDirty
+            } else {
+                let va = run.va(i);
+                let len = (va | (PAGE_SIZE - 1)).min(run.last) - va + 1;
+                let gpa = run.page(e) | (va & (PAGE_SIZE - 1));
+                match self.region(gpa, len) {
+                    Err(reason) => reason,
+                    Ok(region) => match self.b.take(region, gpa, len, false) {
+                        Err(r) => refused(r),
+                        // Pin first, then recheck.
+                        Ok(()) if run.entry(i) == e => continue,
+                        Ok(()) => {
+                            self.b.untake_last(len);
+                            Fallback::LeafChanged
+                        }
+                    },
+                }
+            };
+            self.stop = Some(reason);
+            return Some(RunEnd::Stop);
+        }
+        Some(RunEnd::Continue)
+    }
 }

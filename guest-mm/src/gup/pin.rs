@@ -270,6 +270,26 @@ impl Builder {
         len: u64,
         large: bool,
     ) -> Result<(), Refused> {
+        // The common case, one 4K frame: one RMW, no loop.
+        if !large && (gpa % PAGE_SIZE) + len <= PAGE_SIZE {
+            let f = region
+                .frames()
+                .frame(region.frame_index(gpa))
+                .ok_or(Refused::Busy)?;
+            take_frame(f, self.delta)?;
+            self.push(region, gpa, len, false);
+            return Ok(());
+        }
+        self.take_units(region, gpa, len, large)
+    }
+
+    fn take_units(
+        &mut self,
+        region: &Arc<RamRegion>,
+        gpa: u64,
+        len: u64,
+        large: bool,
+    ) -> Result<(), Refused> {
         let ft = region.frames();
         let range = units(region, gpa, len, large);
         let first = *range.start();

@@ -297,6 +297,19 @@ impl AccessCheck {
         }
     }
 
+    /// Whether effective rights `w | u << 1 | x << 2` allow the access
+    /// (protection keys aside).
+    #[inline]
+    pub(crate) fn allows(&self, rights: u8) -> bool {
+        self.allowed & (1 << rights) != 0
+    }
+
+    /// Whether protection keys apply to this access.
+    #[inline]
+    pub(crate) fn uses_keys(&self) -> bool {
+        self.keys
+    }
+
     /// The error code for non-present entries and entries outside RAM.
     pub(crate) fn not_present_code(&self) -> ErrorCode {
         self.base

@@ -208,6 +208,18 @@ impl Layout {
         }
     }
 
+    /// Address bits of a 4K leaf or table entry.
+    #[inline]
+    pub(crate) fn addr_mask(&self) -> u64 {
+        self.addr_mask
+    }
+
+    /// Reserved bits of a level-1 entry (a 4K leaf).
+    #[inline]
+    pub(crate) fn rsvd_pte(&self) -> u64 {
+        self.rsvd_table[1]
+    }
+
     /// Decode an entry read at `level` (never the PAE PDPTE; see
     /// [`Layout::decode_pdpte`]).
     #[inline]
@@ -378,6 +390,13 @@ impl<'a, R: GuestMemoryRegion> Table<'a, R> {
         } else {
             None
         }
+    }
+
+    /// The host address of the table's first byte, and how many bytes of it
+    /// lie in RAM.
+    #[inline]
+    pub(crate) fn host_valid(&self) -> (*const u8, u64) {
+        (self.host, self.valid)
     }
 
     /// The slot of the entry at byte `offset`, for a later re-read.

@@ -19,12 +19,15 @@
 //! read, and nothing here can panic on entry contents.
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_memory::GuestMemoryBackend;
 
 use super::access::{Access, AccessCheck, ErrorCode, Fault, FaultKind, FaultReason, Permissions};
 use super::context::{PagingContext, PagingMode};
-use super::entry::{Decoded, Layout, LeafEntry, LeafSlot, PageSize, Table, PTE_RW, PTE_US, PTE_XD};
+use super::entry::{
+    Decoded, Layout, LeafEntry, LeafSlot, PageSize, Table, PTE_P, PTE_RW, PTE_US, PTE_XD,
+};
 
 /// One leaf mapping met by [`walk_range`]: the part of the requested range
 /// that a single leaf entry maps.
@@ -126,6 +129,105 @@ where
     walk_with_path(mem, ctx, start, len, access, |m, _, _| f(m))
 }
 
+/// A run of 8-byte level-1 entries (4K leaves) of one page table, handed to
+/// a [`Visitor`] that takes them in bulk (the GUP fast path) instead of one
+/// [`Mapping`] at a time. It carries everything needed to decide, per entry
+/// and with a few mask tests, what the full walk would decide: present, no
+/// reserved bit, access rights allowed given the upper levels. Protection
+/// keys are not modelled here: when they apply the walker never offers a
+/// run.
+pub(crate) struct PteRun<'m> {
+    entries: *const AtomicU64,
+    /// First and last index of the run in the table.
+    pub(crate) lo: u64,
+    pub(crate) hi: u64,
+    /// Linear address of the page of entry 0 of the table.
+    base: u64,
+    /// First and last byte of the requested range inside this run.
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    addr_mask: u64,
+    rsvd: u64,
+    /// Bit `rw | us << 1 | xd << 2` (the entry's own bits) is set when the
+    /// access is allowed with those bits under the upper levels' rights.
+    ok: u8,
+    _mem: std::marker::PhantomData<&'m ()>,
+}
+
+impl<'m> PteRun<'m> {
+    /// Atomically read entry `i` (in `lo..=hi`), sequentially consistent
+    /// (also used for the recheck after a pin).
+    #[inline(always)]
+    pub(crate) fn entry(&self, i: u64) -> u64 {
+        debug_assert!(i >= self.lo && i <= self.hi);
+        // SAFETY: `entries` is the host address of a table that `Table::new`
+        // resolved inside a live region borrowed for 'm, and the walker only
+        // builds a run whose `lo..=hi` entries all lie in the valid part of
+        // it (8-byte aligned, checked when the table was resolved).
+        unsafe { &*self.entries.add(i as usize) }.load(Ordering::SeqCst)
+    }
+
+    /// Whether entry value `e` is a present 4K leaf without reserved bits
+    /// that allows the walk's access.
+    #[inline(always)]
+    pub(crate) fn accepts(&self, e: u64) -> bool {
+        let rights = ((e >> 1) & 3) | ((e >> 61) & 4);
+        e & PTE_P != 0 && e & self.rsvd == 0 && self.ok & (1 << rights) != 0
+    }
+
+    /// Guest-physical page address of entry value `e`.
+    #[inline(always)]
+    pub(crate) fn page(&self, e: u64) -> u64 {
+        e & self.addr_mask
+    }
+
+    /// First linear address of entry `i` inside the requested range.
+    #[inline(always)]
+    pub(crate) fn va(&self, i: u64) -> u64 {
+        if i == self.lo {
+            self.first
+        } else {
+            self.base | (i << 12)
+        }
+    }
+}
+
+/// How a [`Visitor`] finished a [`PteRun`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunEnd {
+    /// Every entry was taken; the walk goes on.
+    Continue,
+    /// The visitor stopped the walk.
+    Stop,
+}
+
+/// What a range walk calls: one [`Mapping`] per leaf, or, where the visitor
+/// wants them, whole runs of 4K leaves.
+pub(crate) trait Visitor<'m> {
+    /// One leaf mapping (with the upper entries and the leaf's slot).
+    fn leaf(&mut self, m: &Mapping, path: &Path, slot: LeafSlot<'m>) -> ControlFlow<()>;
+
+    /// A run of 4K leaves; `None` declines it (the walker then yields each
+    /// entry through [`Visitor::leaf`], faults included).
+    #[inline(always)]
+    fn pte_run(&mut self, _run: &PteRun<'m>) -> Option<RunEnd> {
+        None
+    }
+}
+
+/// A closure as a per-leaf visitor.
+struct Leaves<F>(F);
+
+impl<'m, F> Visitor<'m> for Leaves<F>
+where
+    F: FnMut(&Mapping, &Path, LeafSlot<'m>) -> ControlFlow<()>,
+{
+    #[inline(always)]
+    fn leaf(&mut self, m: &Mapping, path: &Path, slot: LeafSlot<'m>) -> ControlFlow<()> {
+        (self.0)(m, path, slot)
+    }
+}
+
 /// The non-leaf entries of the current walk, by level: the guest-physical
 /// address and the value read. Levels not walked (and the PAE PDPTEs, which
 /// have no Accessed bit) hold `None`.
@@ -140,11 +242,27 @@ pub(crate) fn walk_with_path<'m, M, F>(
     start: u64,
     len: u64,
     access: Access,
-    mut f: F,
+    f: F,
 ) -> RangeOutcome
 where
     M: GuestMemoryBackend + ?Sized,
     F: FnMut(&Mapping, &Path, LeafSlot<'m>) -> ControlFlow<()>,
+{
+    walk_visit(mem, ctx, start, len, access, &mut Leaves(f))
+}
+
+/// The range walk with a [`Visitor`].
+pub(crate) fn walk_visit<'m, M, V>(
+    mem: &'m M,
+    ctx: &PagingContext,
+    start: u64,
+    len: u64,
+    access: Access,
+    f: &mut V,
+) -> RangeOutcome
+where
+    M: GuestMemoryBackend + ?Sized,
+    V: Visitor<'m>,
 {
     if len == 0 {
         return RangeOutcome::Complete;
@@ -202,7 +320,7 @@ where
         check,
         path: [None; 6],
         fault: None,
-        f: &mut f,
+        f,
     };
     let flow = match mode {
         PagingMode::None => walk.identity(first, last),
@@ -290,7 +408,7 @@ struct Walk<'m, 'a, M: GuestMemoryBackend + ?Sized, F> {
 impl<'m, M, F> Walk<'m, '_, M, F>
 where
     M: GuestMemoryBackend + ?Sized,
-    F: FnMut(&Mapping, &Path, LeafSlot<'m>) -> ControlFlow<()>,
+    F: Visitor<'m>,
 {
     #[cold]
     fn fault(&mut self, address: u64, level: u8, reason: FaultReason, code: ErrorCode) -> Flow {
@@ -323,7 +441,7 @@ where
                 value: 0,
             },
         };
-        match (self.f)(&m, &self.path, LeafSlot::none()) {
+        match self.f.leaf(&m, &self.path, LeafSlot::none()) {
             ControlFlow::Continue(()) => Flow::Continue,
             ControlFlow::Break(()) => Flow::Stop,
         }
@@ -385,6 +503,46 @@ where
         Flow::Continue
     }
 
+    /// The run of level-1 entries `lo..=hi` of the table at `host`.
+    #[allow(clippy::too_many_arguments)]
+    fn pte_run(
+        &self,
+        host: *const u8,
+        lo: u64,
+        hi: u64,
+        first: u64,
+        last: u64,
+        above: u64,
+        perms: Perms,
+    ) -> PteRun<'m> {
+        let nxe = self.layout.nxe;
+        let mut ok = 0u8;
+        for own in 0..8u64 {
+            // The entry's own R/W, U/S and XD bits, combined with the upper
+            // levels' as the walk would (SDM 4.6.1).
+            let e = ((own & 1) << 1) | ((own & 2) << 1) | ((own & 4) << 61);
+            let p = perms.with(e);
+            let w = p.and & PTE_RW != 0;
+            let u = p.and & PTE_US != 0;
+            let x = !(nxe && p.or != 0);
+            if self.check.allows(w as u8 | (u as u8) << 1 | (x as u8) << 2) {
+                ok |= 1 << own;
+            }
+        }
+        PteRun {
+            entries: host.cast(),
+            lo,
+            hi,
+            base: first & above,
+            first,
+            last,
+            addr_mask: self.layout.addr_mask(),
+            rsvd: self.layout.rsvd_pte(),
+            ok,
+            _mem: std::marker::PhantomData,
+        }
+    }
+
     /// Walk the entries of the table at `table_gpa` (level `level`) that
     /// cover `[first, last]`.
     fn table(&mut self, level: u8, table_gpa: u64, first: u64, last: u64, perms: Perms) -> Flow {
@@ -398,6 +556,19 @@ where
         let above = !((1u64 << (shift + nbits)) - 1);
         let table = Table::new(self.mem, table_gpa, width << nbits);
         let (lo, hi) = ((first >> shift) & index_mask, (last >> shift) & index_mask);
+        if level == 1 && width == 8 && !self.check.uses_keys() {
+            let (host, valid) = table.host_valid();
+            // Only when every entry of the run lies in RAM; otherwise the
+            // per-entry loop below reports the fault where it happens.
+            if (hi + 1) * 8 <= valid {
+                let run = self.pte_run(host, lo, hi, first, last, above, perms);
+                match self.f.pte_run(&run) {
+                    Some(RunEnd::Continue) => return Flow::Continue,
+                    Some(RunEnd::Stop) => return Flow::Stop,
+                    None => {}
+                }
+            }
+        }
         for i in lo..=hi {
             let base = (first & above) | (i << shift);
             let entry_first = if i == lo { first } else { base };
@@ -443,7 +614,7 @@ where
                             value: e,
                         },
                     };
-                    match (self.f)(&m, &self.path, table.slot(i * width, width)) {
+                    match self.f.leaf(&m, &self.path, table.slot(i * width, width)) {
                         ControlFlow::Continue(()) => Flow::Continue,
                         ControlFlow::Break(()) => Flow::Stop,
                     }
