@@ -5,6 +5,7 @@
 
 pub mod fuzz_walker;
 pub mod guest_exec;
+pub mod guest_report;
 pub mod kvm;
 pub mod ptgen;
 pub mod ref_walker;

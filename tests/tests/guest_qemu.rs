@@ -28,26 +28,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use integration_tests::guest_report::check_passing_report;
+
 /// QEMU exits on its own in well under a second; this only bounds a hang.
 const QEMU_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Check lines every run must report as `[ok]` (prefixes after `guest: [ok] `).
-const REQUIRED_OK: &[&str] = &[
-    "running at CPL3: cs=0x23 ss=0x1b",
-    "CPL0 handler at cs=0x8 on the TSS stack",
-    "pvh start_info at ",
-    "cpuid: ",
-    "sse: paddd and sqrtsd at CPL3",
-    "4K leaf: 0x40000000 and its read-only alias",
-    "2M leaf: 0x40200000 -> 0x600000",
-    "1G region: 0x80000000 maps 0..1G",
-    "#PF read, not present: vector 14 error 0x4 cr2 0x40003000 from cs 0x23",
-    "#PF write, null page: vector 14 error 0x6 cr2 0x10 from cs 0x23",
-    "#PF read, supervisor page: vector 14 error 0x5 cr2 0x40001008 from cs 0x23",
-    "#PF write, read-only page: vector 14 error 0x7 cr2 0x40002010 from cs 0x23",
-    "#PF read, unmapped 512G: vector 14 error 0x4 cr2 0x8000000000 from cs 0x23",
-    "#GP hlt at CPL3: vector 13 error 0x0",
-];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -217,7 +201,6 @@ fn run_qemu(qemu: &Path, image: &Path, accel_and_cpu: &[&str]) -> Run {
 
 /// The assertions both accelerators share; returns the report lines.
 fn check_report(run: &Run) -> Vec<&str> {
-    let lines: Vec<&str> = run.serial.lines().collect();
     let dump = || {
         format!(
             "QEMU exit code {:?}, serial output:\n{}",
@@ -231,39 +214,8 @@ fn check_report(run: &Run) -> Vec<&str> {
         "the guest did not exit with status 0 (QEMU code 1); {}",
         dump()
     );
-    assert!(
-        lines.contains(&"guest: hello from CPL3"),
-        "no hello from CPL3; {}",
-        dump()
-    );
-    assert!(!run.serial.contains("[FAIL]"), "a check failed; {}", dump());
-    for want in REQUIRED_OK {
-        let prefix = format!("guest: [ok] {want}");
-        assert!(
-            lines.iter().any(|l| l.starts_with(&prefix)),
-            "missing check line `{prefix}...`; {}",
-            dump()
-        );
-    }
-    // The summary counts what was printed.
-    let oks = lines
-        .iter()
-        .filter(|l| l.starts_with("guest: [ok] "))
-        .count();
-    let summary = format!("guest: {oks} checks, 0 failed; exit status 0");
-    assert!(
-        lines.contains(&summary.as_str()),
-        "no summary line `{summary}`; {}",
-        dump()
-    );
-    // Nothing after the summary: the exit port stopped the VM at once.
-    assert_eq!(
-        lines.last(),
-        Some(&summary.as_str()),
-        "output after the summary; {}",
-        dump()
-    );
-    lines
+    // The report itself: the same checks as our vmm's test (tests/src/guest_report.rs).
+    check_passing_report(&run.serial).unwrap_or_else(|e| panic!("{e}; {}", dump()))
 }
 
 fn print_run(what: &str, run: &Run) {

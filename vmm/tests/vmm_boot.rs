@@ -1,0 +1,401 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The `vmm` binary, run as a user runs it.
+//!
+//! - `builtin_guest_boots_and_reports`: no arguments: the embedded built-in
+//!   guest prints the same report it prints under QEMU's microvm (the list
+//!   is shared with tests/tests/guest_qemu.rs) and `vmm` exits 0.
+//! - `exit_*`, `triple_fault_*`, `sigterm_*`: tiny PVH kernels written by
+//!   the test (a few 32-bit instructions) check the exit-status convention:
+//!   the exit port's value itself, 0 for an i8042 reset, 124 with the
+//!   registers for a triple fault, 128 + N for a signal.
+//! - `cli_*`: every error names its flag or file (exit code 125).
+//!
+//! The tests that boot need /dev/kvm; they skip (loudly) only where it is
+//! absent. These tests live in the vmm package because only there cargo
+//! hands a test the binary's path (`CARGO_BIN_EXE_vmm`).
+
+#[path = "../../tests/src/guest_report.rs"]
+#[allow(dead_code)]
+mod guest_report;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The built-in guest exits in well under a second here; this bounds a hang.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn vmm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn kvm_or_skip(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: /dev/kvm is absent");
+    false
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Waits for `child` (killing it after [`TIMEOUT`]) and collects its output.
+fn finish(mut child: Child) -> Out {
+    let mut so = child.stdout.take().expect("piped");
+    let mut se = child.stderr.take().expect("piped");
+    let ro = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let re = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for vmm") {
+            break s;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vmm did not exit within {TIMEOUT:?}; stdout so far:\n{}",
+                String::from_utf8_lossy(&ro.join().unwrap_or_default())
+            );
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    Out {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&ro.join().expect("stdout reader")).replace("\r\n", "\n"),
+        stderr: String::from_utf8_lossy(&re.join().expect("stderr reader")).into_owned(),
+    }
+}
+
+fn run(args: &[&str]) -> Out {
+    finish(vmm().args(args).spawn().expect("starting vmm"))
+}
+
+#[test]
+fn builtin_guest_boots_and_reports() {
+    if !kvm_or_skip("builtin_guest_boots_and_reports") {
+        return;
+    }
+    let out = run(&[]);
+    let dump = format!(
+        "exit code {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.code, out.stdout, out.stderr
+    );
+    println!("{}\n{}", out.stdout.trim_end(), out.stderr.trim_end());
+    guest_report::check_passing_report(&out.stdout).unwrap_or_else(|e| panic!("{e}; {dump}"));
+    assert_eq!(out.code, Some(0), "{dump}");
+    // Our VMM gives the guest its memory map: 256 MiB minus the PC hole.
+    assert!(
+        out.stdout.contains(
+            "pvh start_info at 0x6000: magic ok, version 1, 3 memory map entries, 255 MiB RAM"
+        ),
+        "{dump}"
+    );
+    let timing = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("boot: first guest output after "))
+        .unwrap_or_else(|| panic!("no timing line; {dump}"));
+    assert!(
+        timing.contains(" ms, exit after ") && timing.ends_with(" ms"),
+        "{timing}"
+    );
+}
+
+#[test]
+fn builtin_guest_boots_with_more_memory_and_vcpus() {
+    if !kvm_or_skip("builtin_guest_boots_with_more_memory_and_vcpus") {
+        return;
+    }
+    // 4 GiB + 1 MiB: RAM on both sides of the MMIO hole; two vCPUs (the
+    // second waits for an INIT/SIPI the guest never sends).
+    let out = run(&["--mem", "4097", "--vcpus", "2"]);
+    let dump = format!("{:?}\n{}\n{}", out.code, out.stdout, out.stderr);
+    guest_report::check_passing_report(&out.stdout).unwrap_or_else(|e| panic!("{e}; {dump}"));
+    assert!(
+        out.stdout.contains("4 memory map entries, 4096 MiB RAM"),
+        "{dump}"
+    );
+    assert_eq!(out.code, Some(0), "{dump}");
+}
+
+/// A minimal PVH kernel: an ELF64 with one PT_LOAD of `code` at 1 MiB (the
+/// 32-bit entry point) and a PT_NOTE with XEN_ELFNOTE_PHYS32_ENTRY.
+fn pvh_kernel(name: &str, code: &[u8]) -> PathBuf {
+    const ENTRY: u64 = 0x10_0000;
+    let mut f = vec![0u8; 0x1000];
+    // ELF header.
+    f[..16].copy_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    let put16 =
+        |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    put16(&mut f, 16, 2); // ET_EXEC
+    put16(&mut f, 18, 0x3e); // x86-64
+    put32(&mut f, 20, 1);
+    put64(&mut f, 24, ENTRY);
+    put64(&mut f, 32, 64); // e_phoff
+    put16(&mut f, 52, 64); // e_ehsize
+    put16(&mut f, 54, 56); // e_phentsize
+    put16(&mut f, 56, 2); // e_phnum
+                          // PT_LOAD.
+    let ph = 64;
+    put32(&mut f, ph, 1);
+    put32(&mut f, ph + 4, 5);
+    put64(&mut f, ph + 8, 0x1000);
+    put64(&mut f, ph + 16, ENTRY);
+    put64(&mut f, ph + 24, ENTRY);
+    put64(&mut f, ph + 32, code.len() as u64);
+    put64(&mut f, ph + 40, code.len() as u64);
+    put64(&mut f, ph + 48, 0x1000);
+    // PT_NOTE at 0x200: namesz 4, descsz 8, type 18, "Xen", entry.
+    let ph = 64 + 56;
+    put32(&mut f, ph, 4);
+    put32(&mut f, ph + 4, 4);
+    put64(&mut f, ph + 8, 0x200);
+    put64(&mut f, ph + 32, 24);
+    put64(&mut f, ph + 40, 24);
+    put64(&mut f, ph + 48, 4);
+    put32(&mut f, 0x200, 4);
+    put32(&mut f, 0x204, 8);
+    put32(&mut f, 0x208, 18);
+    f[0x20c..0x210].copy_from_slice(b"Xen\0");
+    put64(&mut f, 0x210, ENTRY);
+    f.extend_from_slice(code);
+    let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}.elf", std::process::id()));
+    std::fs::write(&path, f).expect("writing the test kernel");
+    path
+}
+
+fn run_kernel(name: &str, code: &[u8], extra: &[&str]) -> Out {
+    let k = pvh_kernel(name, code);
+    let mut args = vec![
+        "--kernel",
+        k.to_str().expect("UTF-8 temp path"),
+        "--mem",
+        "16",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let _ = std::fs::remove_file(&k);
+    out
+}
+
+#[test]
+fn exit_port_status_is_the_exit_code() {
+    if !kvm_or_skip("exit_port_status_is_the_exit_code") {
+        return;
+    }
+    // mov al, 42; out 0xf4, al
+    let out = run_kernel("exit42", &[0xb0, 42, 0xe6, 0xf4, 0xf4], &[]);
+    assert_eq!(out.code, Some(42), "{}", out.stderr);
+    assert!(out.stderr.contains("status 42"), "{}", out.stderr);
+    // mov eax, 0x1234; out 0xf4, eax: too big for an exit code: 255.
+    let out = run_kernel("exit1234", &[0xb8, 0x34, 0x12, 0, 0, 0xe7, 0xf4, 0xf4], &[]);
+    assert_eq!(out.code, Some(255), "{}", out.stderr);
+    assert!(out.stderr.contains("status 4660"), "{}", out.stderr);
+    // mov al, 0; out 0xf7, al (the last port of the device)
+    let out = run_kernel("exit0", &[0xb0, 0, 0xe6, 0xf7, 0xf4], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn exit_i8042_reset_is_clean() {
+    if !kvm_or_skip("exit_i8042_reset_is_clean") {
+        return;
+    }
+    // mov al, 'R'; mov dx, 0x3f8; out dx, al; mov al, 0xfe; out 0x64, al
+    let code = [
+        0xb0, b'R', 0x66, 0xba, 0xf8, 0x03, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+    ];
+    let out = run_kernel("reset", &code, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "R");
+    assert!(
+        out.stderr.contains("boot: first guest output after "),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn triple_fault_exits_124_with_registers() {
+    if !kvm_or_skip("triple_fault_exits_124_with_registers") {
+        return;
+    }
+    // mov ebx, 0x5a5a5a5a; ud2 (no IDT: #UD, #DF, then shutdown)
+    let out = run_kernel("ud2", &[0xbb, 0x5a, 0x5a, 0x5a, 0x5a, 0x0f, 0x0b], &[]);
+    assert_eq!(out.code, Some(124), "{}", out.stderr);
+    let e = &out.stderr;
+    assert!(e.contains("triple fault (KVM_EXIT_SHUTDOWN)"), "{e}");
+    for reg in [
+        "rbx=0x000000005a5a5a5a",
+        "rip=",
+        "cr0=",
+        "cr3=",
+        "cr4=",
+        "efer=",
+        "cs=0x0010",
+    ] {
+        assert!(e.contains(reg), "no {reg} in:\n{e}");
+    }
+}
+
+#[test]
+fn sigterm_stops_a_running_guest() {
+    if !kvm_or_skip("sigterm_stops_a_running_guest") {
+        return;
+    }
+    // mov al, 'S'; mov dx, 0x3f8; out dx, al; jmp $
+    let k = pvh_kernel(
+        "spin",
+        &[0xb0, b'S', 0x66, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xfe],
+    );
+    let mut child = vmm()
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--mem",
+            "16",
+            "--vcpus",
+            "2",
+        ])
+        .spawn()
+        .expect("starting vmm");
+    // Wait for the guest's byte, then ask the VMM to stop.
+    let mut so = child.stdout.take().expect("piped");
+    let mut b = [0u8; 1];
+    so.read_exact(&mut b).expect("the guest's first byte");
+    assert_eq!(&b, b"S");
+    let t = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    child.stdout = Some(so);
+    let out = finish(child);
+    let _ = std::fs::remove_file(&k);
+    assert_eq!(out.code, Some(128 + libc::SIGTERM), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stopped by signal 15"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "slow stop: {:?}",
+        t.elapsed()
+    );
+}
+
+fn assert_error(out: &Out, needles: &[&str]) {
+    assert_eq!(out.code, Some(125), "stderr:\n{}", out.stderr);
+    for n in needles {
+        assert!(out.stderr.contains(n), "no `{n}` in:\n{}", out.stderr);
+    }
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout);
+}
+
+#[test]
+fn cli_missing_kernel_names_the_file() {
+    let out = run(&["--kernel", "/nonexistent/vmlinux"]);
+    assert_error(&out, &["--kernel /nonexistent/vmlinux", "No such file"]);
+}
+
+#[test]
+fn cli_missing_initrd_names_the_file() {
+    let out = run(&["--initrd", "/nonexistent/initrd.cpio"]);
+    assert_error(&out, &["--initrd /nonexistent/initrd.cpio", "No such file"]);
+}
+
+#[test]
+fn cli_kernel_that_is_a_directory_is_refused() {
+    let out = run(&["--kernel", "/"]);
+    assert_error(&out, &["--kernel /", "not a regular file"]);
+}
+
+#[test]
+fn cli_bad_numbers_name_the_flag() {
+    for (args, flag) in [
+        (&["--mem", "0"][..], "--mem"),
+        (&["--mem", "lots"][..], "--mem"),
+        (&["--mem", "4"][..], "--mem"),
+        (&["--vcpus", "0"][..], "--vcpus"),
+        (&["--vcpus", "many"][..], "--vcpus"),
+    ] {
+        let out = run(args);
+        assert_error(&out, &[flag]);
+    }
+    assert_error(&run(&["--frobnicate"]), &["--frobnicate"]);
+}
+
+#[test]
+fn cli_disks_are_checked_and_not_attached() {
+    let out = run(&["--disk", "/nonexistent/disk.img,ro"]);
+    assert_error(&out, &["--disk /nonexistent/disk.img", "No such file"]);
+    let out = run(&["--disk", "x.img,rw"]);
+    assert_error(&out, &["--disk", "`rw`"]);
+    if !kvm_or_skip("cli_disks_are_checked_and_not_attached (boot part)") {
+        return;
+    }
+    let disk = std::env::temp_dir().join(format!("vmm-test-{}-disk.img", std::process::id()));
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let arg = format!("{},ro", disk.display());
+    let out = run(&["--disk", &arg]);
+    let _ = std::fs::remove_file(&disk);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("NOT attached"), "{}", out.stderr);
+}
+
+#[test]
+fn cli_kernel_that_is_not_a_kernel_names_the_file() {
+    if !kvm_or_skip("cli_kernel_that_is_not_a_kernel_names_the_file") {
+        return;
+    }
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let out = run(&["--kernel", manifest]);
+    assert_error(
+        &out,
+        &[
+            &format!("--kernel {manifest}"),
+            "neither an ELF nor a bzImage",
+        ],
+    );
+}
+
+#[test]
+fn cli_help_succeeds() {
+    let out = run(&["--help"]);
+    assert_eq!(out.code, Some(0));
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--mem",
+        "--vcpus",
+        "--disk",
+    ] {
+        assert!(out.stdout.contains(flag), "{}", out.stdout);
+    }
+}
