@@ -56,6 +56,27 @@ pub fn configure<K>(
             loaded.kernel_load.0
         }
     };
+    // The kernel's limit on the command line (boot protocol 2.06+; 255
+    // bytes before).
+    let max_cmdline = match (format, params.hdr.version) {
+        (KernelFormat::BzImage, v) if v >= 0x206 => params.hdr.cmdline_size as usize,
+        (KernelFormat::BzImage, _) => 255,
+        _ => usize::MAX,
+    };
+    if spec.cmdline.len() > max_cmdline {
+        return Err(format!(
+            "the command line (--cmdline) is {} bytes; this kernel takes at most {max_cmdline}",
+            spec.cmdline.len()
+        ));
+    }
+    // A bzImage decompresses itself in place: it needs `init_size` bytes
+    // from its load address, which the initramfs must not overlap.
+    let kernel_end = match format {
+        KernelFormat::BzImage => loaded
+            .kernel_end
+            .max(loaded.kernel_load.0 + u64::from(params.hdr.init_size)),
+        KernelFormat::Elf => loaded.kernel_end,
+    };
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.header = HDRS;
@@ -68,7 +89,7 @@ pub fn configure<K>(
         if params.hdr.initrd_addr_max != 0 {
             limit = limit.min(u64::from(params.hdr.initrd_addr_max) + 1);
         }
-        let at = initrd_address(loaded.kernel_end, limit, bytes.len() as u64)
+        let at = initrd_address(kernel_end, limit, bytes.len() as u64)
             .map_err(|e| format!("{name}: {e}"))?;
         mem.write_slice(bytes, GuestAddress(at))
             .map_err(|e| format!("writing {name}: {e}"))?;

@@ -351,4 +351,81 @@ mod tests {
         assert!(initrd_address(0x7ff_f000, 0x800_0000, 0x1800).is_err());
         assert!(initrd_address(0, 0x1000, 0x2000).is_err());
     }
+
+    /// A synthetic bzImage: boot sector + 4 setup sectors with the header,
+    /// then 64 KiB of "protected-mode kernel".
+    fn bzimage(cmdline_size: u32, xloadflags: u16) -> Vec<u8> {
+        let mut img = vec![0u8; 5 * 512 + 0x1_0000];
+        img[0x1f1] = 4; // setup_sects
+        img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        img[0x211] = 1; // loadflags: LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        img[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes());
+        img[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        img[0x238..0x23c].copy_from_slice(&cmdline_size.to_le_bytes());
+        img[0x260..0x264].copy_from_slice(&0x40_0000u32.to_le_bytes()); // init_size
+        img
+    }
+
+    fn load_bz(
+        img: Vec<u8>,
+        cmdline: &str,
+        initrd: Option<Vec<u8>>,
+    ) -> Result<(GuestMemoryMmap, EntryState)> {
+        let mem = crate::memory::create(64 << 20).unwrap();
+        let mut k = std::io::Cursor::new(img);
+        let entry = load(
+            &mem,
+            BootSpec {
+                kernel_name: "bz".into(),
+                kernel: &mut k,
+                initrd: initrd.map(|b| ("initrd".to_string(), b)),
+                cmdline,
+                ram_bytes: 64 << 20,
+            },
+        )?;
+        Ok((mem, entry))
+    }
+
+    #[test]
+    fn bzimage_boots_at_its_64_bit_entry_with_the_zero_page() {
+        use linux_loader::bootparam::boot_params;
+        let (mem, entry) = load_bz(bzimage(2048, 1), "console=ttyS0", Some(vec![9; 100])).unwrap();
+        assert_eq!(
+            entry,
+            EntryState::Linux64 {
+                entry: 0x10_0200,
+                boot_params: ZERO_PAGE
+            }
+        );
+        let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
+        let hdr = p.hdr;
+        assert_eq!({ hdr.version }, 0x020f);
+        assert_eq!(hdr.type_of_loader, 0xff);
+        let ramdisk = u64::from(hdr.ramdisk_image);
+        // Above the decompression area (load + init_size), below RAM's end.
+        assert!(
+            ramdisk >= 0x50_0000 && ramdisk + 100 <= 64 << 20,
+            "{ramdisk:#x}"
+        );
+        let mut cmd = [0u8; 14];
+        mem.read_slice(&mut cmd, GuestAddress(CMDLINE)).unwrap();
+        assert_eq!(&cmd, b"console=ttyS0\0");
+    }
+
+    #[test]
+    fn bzimage_errors_name_the_problem() {
+        let e = load_bz(bzimage(8, 1), "console=ttyS0", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cmdline") && e.contains("at most 8"), "{e}");
+        let e = load_bz(bzimage(2048, 0), "", None).unwrap_err().to_string();
+        assert!(e.contains("64-bit entry"), "{e}");
+        let e = load_bz(bzimage(2048, 1), &"x".repeat(CMDLINE_MAX), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--cmdline:"), "{e}");
+    }
 }
