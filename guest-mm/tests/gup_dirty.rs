@@ -18,7 +18,6 @@ use guest_mm::gup::{
     AddressSpace, CancelToken, GupConfig, GupCounters, GupFlags, MemoryMap, Pinned, RegionOptions,
 };
 use gupc::*;
-use vm_memory::bitmap::Bitmap;
 
 /// [0, 64M) with the tables and 4K data; [1G, 2G) for a 1G leaf; a lazy
 /// [64M, 72M).
