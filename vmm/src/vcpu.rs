@@ -147,8 +147,22 @@ impl Vcpu {
         self.fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))
     }
 
-    /// The run loop of this vCPU's thread: runs until the VM stops.
+    /// The run loop of this vCPU's thread: runs until the VM stops. When a
+    /// signal stopped the VM, says where this vCPU was (where a guest that
+    /// hung was looping).
     pub fn run(mut self, shared: Arc<VmShared>) {
+        self.run_until_stopped(&shared);
+        if let Some(ExitReason::Signal(_)) = shared.exit_reason() {
+            if let (Ok(r), Ok(sr)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+                eprintln!(
+                    "vmm: vCPU {} stopped at rip={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr3={:#x}",
+                    self.id, r.rip, r.rsp, sr.cs.selector, sr.cr0, sr.cr3
+                );
+            }
+        }
+    }
+
+    fn run_until_stopped(&mut self, shared: &VmShared) {
         while !shared.stop.load(Ordering::Acquire) {
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
