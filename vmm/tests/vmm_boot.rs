@@ -302,6 +302,12 @@ fn sigterm_stops_a_running_guest() {
         "{}",
         out.stderr
     );
+    // Where the guest was: its `jmp $` at 1 MiB + 7.
+    assert!(
+        out.stderr.contains("vCPU 0 stopped at rip=0x100007 "),
+        "{}",
+        out.stderr
+    );
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "slow stop: {:?}",
