@@ -4,7 +4,7 @@
 //! GUP throughput: `cargo bench -p guest-mm --bench gup`.
 //!
 //! Pins and unpins 1 GiB of guest-virtual space (262144 4K pages) mapped by
-//! 4-level tables in a real `GuestMemoryMmap<AtomicBitmap>`, and prints the
+//! 4-level tables in a real `GuestMemoryMmap<DirtyBitmap>` (guest-mm's `gup::GuestMemory`), and prints the
 //! median ns per 4K page of each row, then the ratios of issue 3. All rows
 //! run in the same process, so the ratios compare like with like; absolute
 //! times drift on shared machines.
@@ -39,8 +39,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use guest_mm::paging::{touch, translate, walk_range, Access, RangeOutcome};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use guest_mm::gup::{AddressSpace, Gup as Engine, GupConfig, GupFlags, RegionOptions};
+use guest_mm::paging::{translate, walk_range, Access, RangeOutcome};
 
 use ideal::Ideal;
 use images::{Image, Leaves, Mem, Region, PAGE, PAGES, RAM_BYTES};
@@ -55,82 +55,82 @@ use images::{Image, Leaves, Mem, Region, PAGE, PAGES, RAM_BYTES};
 // that the engine did the slow work (A/D set, host pages resident).
 // ---------------------------------------------------------------------------
 
-/// True while the hooks run stand-ins (the ideal baseline, naive per-page
-/// slow paths) instead of the GUP engine.
-/// Set it to false when the engine is wired in.
-const STAND_IN: bool = true;
+/// True while the hooks run stand-ins instead of the GUP engine. The engine
+/// is wired in.
+const STAND_IN: bool = false;
 
 /// The GUP engine under test.
 struct Gup {
-    /// STAND-IN: GUP engine not wired yet.
-    stand_in: Ideal,
+    engine: Engine,
 }
 
 impl Gup {
     /// Set the engine up over the bench's guest RAM: `mem`, whose only
     /// region is `regions[0]` (the same mapping, shared).
-    fn new(_mem: &Mem, _regions: &[Arc<Region>]) -> Self {
+    fn new(_mem: &Mem, regions: &[Arc<Region>]) -> Self {
+        let regions = regions
+            .iter()
+            .map(|r| (r.clone(), RegionOptions::default()))
+            .collect();
         Gup {
-            stand_in: Ideal::new(RAM_BYTES),
+            engine: Engine::new(regions, GupConfig::default()).expect("bench memory map"),
+        }
+    }
+
+    fn pin_unpin(&self, img: &Image, flags: GupFlags) -> u64 {
+        let space = AddressSpace::page_tables(img.ctx);
+        match self.engine.pin(&space, img.va, img.len, flags) {
+            Ok(p) => p.pages(),
+            Err(e) => panic!("GUP engine: {e}"),
         }
     }
 
     /// Fast path: every entry has A and D, every host page is present.
-    /// Engine: PIN | WRITE | USER | FAST_ONLY over the image's context.
-    fn fast_pin_unpin(&mut self, mem: &Mem, img: &Image) -> u64 {
-        // STAND-IN: GUP engine not wired yet.
-        self.stand_in.pin_unpin(mem, &img.ctx, img.va, img.len)
+    fn fast_pin_unpin(&mut self, _mem: &Mem, img: &Image) -> u64 {
+        self.pin_unpin(
+            img,
+            GupFlags::PIN | GupFlags::WRITE | GupFlags::USER | GupFlags::FAST_ONLY,
+        )
+    }
+
+    /// Fast path, read-only pins (nothing to mark dirty on release).
+    fn fast_read_pin_unpin(&mut self, _mem: &Mem, img: &Image) -> u64 {
+        self.pin_unpin(img, GupFlags::PIN | GupFlags::USER | GupFlags::FAST_ONLY)
     }
 
     /// Slow path, A/D clear: the bench clears every A and D bit of `img`
-    /// before each run. Engine: PIN | WRITE | USER | TOUCH (sets them).
-    fn slow_touch_pin_unpin(&mut self, mem: &Mem, img: &Image) -> u64 {
-        // STAND-IN: GUP engine not wired yet. The ideal walk bails on clear
-        // A/D bits, so the stand-in is a naive slow path: per page, the
-        // walker's `touch` (a walk from the root, then A/D set by
-        // compare-exchange), then one atomic on the frame.
-        let mut pages = 0;
-        for p in 0..img.len / PAGE {
-            let t = touch(mem, &img.ctx, img.va + p * PAGE, Access::user_write())
-                .expect("stand-in: every page of the image is mapped");
-            if !self.stand_in.pin_gpa(t.gpa) {
-                break;
-            }
-            pages += 1;
-        }
-        self.stand_in.unpin();
-        pages
+    /// before each run; TOUCH sets them.
+    fn slow_touch_pin_unpin(&mut self, _mem: &Mem, img: &Image) -> u64 {
+        self.pin_unpin(
+            img,
+            GupFlags::PIN | GupFlags::WRITE | GupFlags::USER | GupFlags::TOUCH,
+        )
     }
 
-    /// Slow path, host pages not populated: the bench drops every data
-    /// frame from host memory (MADV_DONTNEED) before each run; the engine
-    /// must populate them (MADV_POPULATE_WRITE).
-    fn slow_populate_pin_unpin(&mut self, mem: &Mem, img: &Image) -> u64 {
-        // STAND-IN: GUP engine not wired yet. The ideal pin, then one
-        // MADV_POPULATE_WRITE per pinned 4K frame.
-        let bytes = self.stand_in.pin(mem, &img.ctx, img.va, img.len);
-        for &frame in self.stand_in.held_frames() {
-            let host = mem
-                .get_host_address(GuestAddress(u64::from(frame) * PAGE))
-                .expect("pinned frames are in RAM");
-            // SAFETY: `host` is a page of `mem`'s private anonymous mapping;
-            // populating it only faults it in.
-            let rc =
-                unsafe { libc::madvise(host.cast(), PAGE as usize, libc::MADV_POPULATE_WRITE) };
-            assert_eq!(
-                rc,
-                0,
-                "MADV_POPULATE_WRITE: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        self.stand_in.unpin();
-        bytes / PAGE
+    /// Before the populate row: the engine's balloon discards every data
+    /// frame (freeze, MADV_DONTNEED, mark unpopulated). Untimed.
+    fn discard_data(&self) {
+        let done = self.engine.discard(0, images::GIB).expect("discard");
+        assert_eq!(done, PAGES, "discard: every data frame is free");
+    }
+
+    /// Slow path, host pages not populated: the engine must populate them
+    /// (MADV_POPULATE_WRITE).
+    fn slow_populate_pin_unpin(&mut self, _mem: &Mem, img: &Image) -> u64 {
+        self.pin_unpin(img, GupFlags::PIN | GupFlags::WRITE | GupFlags::USER)
     }
 
     /// Whether every pin the engine ever took has been released.
     fn all_released(&self) -> bool {
-        self.stand_in.all_zero()
+        let c = self.engine.stats();
+        c.pins_outstanding == 0
+            && c.gets_outstanding == 0
+            && self
+                .engine
+                .memory_map()
+                .regions()
+                .iter()
+                .all(|r| r.frames().total_refs() == 0)
     }
 }
 
@@ -427,6 +427,19 @@ fn main() {
             reps: 1,
         },
         FastRow {
+            row: Row::new(
+                "fast 4K shuffled, read pins (no dirty marking)",
+                engine_note,
+            ),
+            f: |st| {
+                let State {
+                    mem, images, gup, ..
+                } = st;
+                gup.fast_read_pin_unpin(mem, images::find(images, Leaves::Shuffled4K))
+            },
+            reps: 1,
+        },
+        FastRow {
             row: Row::new("fast 4K contiguous", engine_note),
             f: |st| fast_row(st, Leaves::Contiguous4K),
             reps: 1,
@@ -507,7 +520,7 @@ fn main() {
     slow_row(
         &mut st,
         &mut slow_pop,
-        |st| images::discard_data(&st.mem),
+        |st| st.gup.discard_data(),
         |st| {
             let State {
                 mem, images, gup, ..

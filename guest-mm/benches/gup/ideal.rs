@@ -231,22 +231,6 @@ impl Ideal {
         })
     }
 
-    /// Pin the 4K frame at `gpa` (one atomic add); false outside RAM.
-    pub fn pin_gpa(&mut self, gpa: u64) -> bool {
-        let frame = (gpa >> 12) as usize;
-        let Some(c) = self.frames.get(frame) else {
-            return false;
-        };
-        c.fetch_add(PIN_BIAS, Ordering::AcqRel);
-        self.held_frames.push(frame as u32);
-        true
-    }
-
-    /// The 4K frames the current pin holds (2M blocks not included).
-    pub fn held_frames(&self) -> &[u32] {
-        &self.held_frames
-    }
-
     /// Release everything [`Ideal::pin`] took: one atomic sub per frame or
     /// block.
     pub fn unpin(&mut self) {

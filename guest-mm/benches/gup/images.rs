@@ -19,14 +19,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use guest_mm::gup::DirtyBitmap;
 use guest_mm::paging::context::{CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE};
 use guest_mm::paging::entry::{PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US};
 use guest_mm::paging::{CpuFeatures, PagingContext, PagingMode};
-use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 /// The guest memory every image lives in.
-pub type Mem = GuestMemoryMmap<AtomicBitmap>;
+pub type Mem = GuestMemoryMmap<DirtyBitmap>;
 
 /// 1 GiB.
 pub const GIB: u64 = 1 << 30;
@@ -141,7 +141,7 @@ fn write(mem: &Mem, gpa: u64, value: u64) {
 }
 
 /// One region of [`Mem`].
-pub type Region = GuestRegionMmap<AtomicBitmap>;
+pub type Region = GuestRegionMmap<DirtyBitmap>;
 
 /// Guest RAM for the images: one lazily backed anonymous region of
 /// [`RAM_BYTES`] at guest-physical 0, with a dirty bitmap. Also returns the
@@ -335,17 +335,6 @@ pub fn populate_data(mem: &Mem) {
         }
     }
     assert_eq!(resident_data_pages(mem), PAGES, "data frames populated");
-}
-
-/// Drop every data frame from host memory (MADV_DONTNEED): the mapping
-/// stays, the next access faults in a zero page. For the host-populate row.
-pub fn discard_data(mem: &Mem) {
-    let (host, len) = data_host(mem);
-    // SAFETY: [host, host + len) is the data part of a private anonymous
-    // mapping owned by `mem`; MADV_DONTNEED leaves it mapped and readable
-    // (as zeroes). Nothing holds references into the data frames.
-    let rc = unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
-    assert_eq!(rc, 0, "MADV_DONTNEED: {}", std::io::Error::last_os_error());
 }
 
 /// How many data frames are resident in host memory (mincore).

@@ -337,6 +337,22 @@ impl FrameTable {
         self.blocks.get(usize::try_from(i).ok()?)
     }
 
+    /// Hint the CPU to fetch frame `i`'s word (no effect when out of range).
+    #[inline(always)]
+    pub fn prefetch(&self, i: u64) {
+        if let Some(f) = self.frames.get(i as usize) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is only a hint; it never faults and the
+            // address is that of a live element anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    (f as *const AtomicU32).cast(),
+                    std::arch::x86_64::_MM_HINT_T0,
+                )
+            };
+        }
+    }
+
     /// The words of frame `i` and of its block.
     #[inline]
     pub fn frame_and_block(&self, i: u64) -> Option<(&AtomicU32, &AtomicU64)> {

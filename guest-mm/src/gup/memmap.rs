@@ -14,18 +14,19 @@
 
 use std::sync::Arc;
 
-use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
 };
 
+use super::dirty::DirtyBitmap;
 use super::frames::FrameTable;
 
 /// The guest memory type the engine works on: mmap'd regions with a dirty
-/// bitmap (vm-memory's `AtomicBitmap`).
-pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
+/// bitmap ([`DirtyBitmap`]).
+pub type GuestMemory = GuestMemoryMmap<DirtyBitmap>;
 /// One region of [`GuestMemory`].
-pub type GuestRegion = GuestRegionMmap<AtomicBitmap>;
+pub type GuestRegion = GuestRegionMmap<DirtyBitmap>;
 
 /// Page size of the frame table.
 pub const PAGE_SIZE: u64 = 4096;

@@ -11,6 +11,7 @@
 //!   guest-virtual through a [`PagingContext`](crate::paging::PagingContext)),
 //!   the fault handler of the slow path, cancellation.
 //! * [`memmap`]: the RAM regions and their published snapshot.
+//! * [`dirty`]: the dirty bitmap write pins mark on release.
 //! * [`frames`]: one counter per 4K frame and per 2M block, and the
 //!   pin / get / freeze protocol.
 //! * [`fast`]: the lockless fast path.
@@ -26,6 +27,7 @@
 //! the pages it took, possibly fewer than asked, and an error only when it
 //! took none.
 
+pub mod dirty;
 pub mod error;
 pub mod fast;
 pub mod flags;
@@ -42,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+pub use dirty::DirtyBitmap;
 pub use error::{GupError, Injection};
 pub use flags::GupFlags;
 pub use frames::{FrameTable, Refused};
@@ -162,7 +165,7 @@ impl Gup {
         let pin = flags.contains(GupFlags::PIN);
         let write = flags.contains(GupFlags::WRITE);
         let longterm = flags.contains(GupFlags::LONGTERM);
-        let mut b = Builder::new(addr, pin, write);
+        let mut b = Builder::with_capacity(addr, len, pin, write);
         if len == 0 {
             return Ok(b.finish(self.stats.clone(), None, None));
         }

@@ -222,10 +222,14 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    pub(crate) fn new(start: u64, pin: bool, write: bool) -> Self {
+    /// A builder for a request of `len` bytes: room for one extent per page
+    /// up to 2^18 (1 GiB of shuffled 4K frames) is reserved up front, so
+    /// the hot loop never reallocates (untouched capacity costs nothing).
+    pub(crate) fn with_capacity(start: u64, len: u64, pin: bool, write: bool) -> Self {
+        let pages = pages_spanned(start, len).min(1 << 18) as usize;
         Builder {
             regions: Vec::new(),
-            extents: Vec::new(),
+            extents: Vec::with_capacity(pages),
             start,
             bytes: 0,
             delta: if pin { PIN_BIAS } else { 1 },

@@ -142,7 +142,10 @@ impl Slow<'_> {
                 Err(Refused::Overflow) => return Some(GupError::Overflow),
             }
             frozen_since = None;
-            if let Some(leaf) = &target.leaf {
+            // With paging disabled there is no entry to recheck (its `gpa`
+            // is None, and re-reading it gives None): as on the fast path,
+            // only an entry in memory can change under us.
+            if let Some(leaf) = target.leaf.as_ref().filter(|l| l.gpa.is_some()) {
                 if reread_leaf(self.map.memory(), leaf) != Some(leaf.value) {
                     b.untake_last(len);
                     retries += 1;
