@@ -42,7 +42,9 @@
 //!   one word decides: the later of the two sees the earlier.
 //! * A frame is discarded (MADV_DONTNEED) only while frozen, so never while
 //!   pinned; it is marked unpopulated before it is unfrozen, so a later pin
-//!   refuses it until the slow path has populated it again.
+//!   refuses it until the slow path has populated it again. The slow path
+//!   populates while holding a reference ([`take_frame_unpopulated`]), so a
+//!   discard cannot slip between its populate and its "populated" mark.
 //!
 //! The "maybe DMA-pinned" query ([`FrameTable::maybe_dma_pinned`]) reads
 //! both words; it may say yes for 1024 plain gets (as Linux's does), never
@@ -175,6 +177,28 @@ pub fn take_frame<W: AtomicWord<V = u32>>(frame: &W, delta: u32) -> Result<(), R
     })
 }
 
+/// [`take_frame`] for the slow path's populate step: refuses a frozen frame
+/// but not an unpopulated one. Holding this reference keeps the frame from
+/// being frozen (so discarded) while its host page is populated and marked
+/// populated: without it, a discard could slip between the populate and the
+/// mark, leaving a discarded page marked populated.
+#[inline]
+pub fn take_frame_unpopulated<W: AtomicWord<V = u32>>(
+    frame: &W,
+    delta: u32,
+) -> Result<(), Refused> {
+    let old = frame.fetch_add(delta, Ordering::SeqCst);
+    if old & FRAME_FROZEN == 0 && (old & FRAME_REFS) < FRAME_REFS - delta {
+        return Ok(());
+    }
+    frame.fetch_sub(delta, Ordering::SeqCst);
+    Err(if old & FRAME_FROZEN != 0 {
+        Refused::Frozen
+    } else {
+        Refused::Overflow
+    })
+}
+
 /// Drop a reference taken by [`take_frame`].
 ///
 /// Release: everything the holder did with the page (a device's DMA, the
@@ -197,6 +221,24 @@ pub fn take_block<W: AtomicWord<V = u64>>(block: &W, delta: u64) -> Result<(), R
         Refused::Frozen
     } else if old & BLOCK_UNPOPULATED != 0 {
         Refused::NotPopulated
+    } else {
+        Refused::Overflow
+    })
+}
+
+/// [`take_block`] for the populate step (see [`take_frame_unpopulated`]).
+#[inline]
+pub fn take_block_unpopulated<W: AtomicWord<V = u64>>(
+    block: &W,
+    delta: u64,
+) -> Result<(), Refused> {
+    let old = block.fetch_add(delta, Ordering::SeqCst);
+    if old & BLOCK_FROZEN == 0 && (old & BLOCK_REFS) < BLOCK_REFS - delta {
+        return Ok(());
+    }
+    block.fetch_sub(delta, Ordering::SeqCst);
+    Err(if old & BLOCK_FROZEN != 0 {
+        Refused::Frozen
     } else {
         Refused::Overflow
     })
@@ -264,7 +306,9 @@ where
 }
 
 /// Mark a frame's host page as populated (after MADV_POPULATE succeeded).
-/// Idempotent; only the caller that clears the bit updates the block.
+/// Idempotent; only the caller that clears the bit updates the block. The
+/// caller must hold a reference on the frame (or its block) from before the
+/// populate, so that no discard can come in between.
 pub fn mark_populated<F, B>(frame: &F, block: &B)
 where
     F: AtomicWord<V = u32>,

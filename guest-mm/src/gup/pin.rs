@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use super::error::GupError;
 use super::frames::{
-    release_block, release_frame, take_block, take_frame, Refused, FRAMES_PER_BLOCK, PIN_BIAS,
+    release_block, release_frame, take_block, take_block_unpopulated, take_frame,
+    take_frame_unpopulated, Refused, FRAMES_PER_BLOCK, PIN_BIAS,
 };
 use super::longterm::Longterm;
 use super::memmap::{RamRegion, BLOCK_SIZE, PAGE_SIZE};
@@ -284,7 +285,20 @@ impl Builder {
             self.push(region, gpa, len, false);
             return Ok(());
         }
-        self.take_units(region, gpa, len, large)
+        self.take_units(region, gpa, len, large, false)
+    }
+
+    /// [`Builder::take`] for the slow path's populate step: unpopulated
+    /// frames are taken too (frozen ones are not); the caller populates the
+    /// host pages and marks them populated while holding the references.
+    pub(crate) fn take_unpopulated(
+        &mut self,
+        region: &Arc<RamRegion>,
+        gpa: u64,
+        len: u64,
+        large: bool,
+    ) -> Result<(), Refused> {
+        self.take_units(region, gpa, len, large, true)
     }
 
     fn take_units(
@@ -293,6 +307,7 @@ impl Builder {
         gpa: u64,
         len: u64,
         large: bool,
+        unpopulated: bool,
     ) -> Result<(), Refused> {
         let ft = region.frames();
         let range = units(region, gpa, len, large);
@@ -300,17 +315,15 @@ impl Builder {
         let mut taken = first;
         let mut result = Ok(());
         for u in range {
-            let r = if large {
-                match ft.block(u) {
-                    Some(b) => take_block(b, u64::from(self.delta)),
-                    None => Err(Refused::Busy),
-                }
-            } else {
-                match ft.frame(u) {
-                    Some(f) => take_frame(f, self.delta),
-                    None => Err(Refused::Busy),
-                }
-            };
+            let r = match (large, unpopulated) {
+                (true, false) => ft.block(u).map(|b| take_block(b, u64::from(self.delta))),
+                (true, true) => ft
+                    .block(u)
+                    .map(|b| take_block_unpopulated(b, u64::from(self.delta))),
+                (false, false) => ft.frame(u).map(|f| take_frame(f, self.delta)),
+                (false, true) => ft.frame(u).map(|f| take_frame_unpopulated(f, self.delta)),
+            }
+            .unwrap_or(Err(Refused::Busy));
             if let Err(e) = r {
                 result = Err(e);
                 break;

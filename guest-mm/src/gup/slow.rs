@@ -123,12 +123,23 @@ impl Slow<'_> {
             match b.take(region, target.gpa, len, target.large) {
                 Ok(()) => {}
                 Err(Refused::NotPopulated) => {
-                    if let Err(e) = self.populate(region, target.gpa, len, target.large) {
-                        return Some(e);
+                    // Hold the references while populating (see
+                    // frames::take_frame_unpopulated), then keep them.
+                    match b.take_unpopulated(region, target.gpa, len, target.large) {
+                        Ok(()) => {
+                            if let Err(e) = self.populate(region, target.gpa, len, target.large) {
+                                b.untake_last(len);
+                                return Some(e);
+                            }
+                        }
+                        Err(Refused::Overflow) => return Some(GupError::Overflow),
+                        // Frozen meanwhile: the frozen-wait below, next time.
+                        Err(_) => {
+                            retries += 1;
+                            self.stats.retry();
+                            continue;
+                        }
                     }
-                    retries += 1;
-                    self.stats.retry();
-                    continue;
                 }
                 Err(Refused::Frozen) | Err(Refused::Busy) => {
                     let since = *frozen_since.get_or_insert_with(Instant::now);
