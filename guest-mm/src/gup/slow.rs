@@ -186,7 +186,7 @@ impl Slow<'_> {
         end: u64,
     ) -> Result<Option<Target>, GupError> {
         let mem = self.map.memory();
-        let t = match translate(mem, ctx, addr, access) {
+        let mut t = match translate(mem, ctx, addr, access) {
             Ok(t) => t,
             Err(fault) => {
                 let is_pf = matches!(fault.kind, FaultKind::PageFault(_));
@@ -225,14 +225,17 @@ impl Slow<'_> {
             && t.leaf.gpa.is_some()
             && t.leaf.value & need != need
         {
-            return match touch(mem, ctx, addr, access) {
-                Ok(_) => {
+            // `touch` walks again and returns the translation whose
+            // entries it set: take that one (the recheck after the pin
+            // compares against the leaf value it wrote).
+            t = match touch(mem, ctx, addr, access) {
+                Ok(touched) => {
                     self.stats.touched();
-                    Ok(None)
+                    touched
                 }
                 // The guest changed the tables under us: walk again.
-                Err(TouchError::Fault(_)) => Ok(None),
-                Err(TouchError::Contended) => Err(GupError::Again),
+                Err(TouchError::Fault(_)) => return Ok(None),
+                Err(TouchError::Contended) => return Err(GupError::Again),
             };
         }
         let size = t.page_size.bytes();
