@@ -429,7 +429,11 @@ fn touch_sets_accessed_and_dirty_as_the_cpu_would() {
     assert_eq!(p.pages(), 1);
     let d = m.step();
     assert_slow(&d, Fallback::AccessedDirty, 1);
-    assert_eq!((d.touched, d.retries), (1, 0), "touch hands back the translation it set: no second walk");
+    assert_eq!(
+        (d.touched, d.retries),
+        (1, 0),
+        "touch hands back the translation it set: no second walk"
+    );
     assert_eq!(r64(mem, p0.at(1)) & (A | D), A);
     for level in 2..=4 {
         assert_eq!(r64(mem, p0.at(level)) & A, A, "level {level}");
