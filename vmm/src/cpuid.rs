@@ -4,6 +4,7 @@
 //! The CPUID each vCPU sees: what KVM supports (KVM_GET_SUPPORTED_CPUID),
 //! with the vCPU's APIC ID, the vCPU count and the hypervisor bit filled in.
 
+use guest_mm::paging::CpuFeatures;
 use kvm_bindings::CpuId;
 
 /// CPUID.1:ECX bit 31: running under a hypervisor.
@@ -32,6 +33,27 @@ pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
         }
     }
     cpuid
+}
+
+/// What the guest's paging may use, per `cpuid` (as given to the vCPU):
+/// MAXPHYADDR (CPUID.80000008H:EAX[7:0], 36 when absent) and the optional
+/// page sizes, for guest-mm's walker.
+pub fn paging_features(cpuid: &CpuId) -> (u8, CpuFeatures) {
+    let leaf = |f: u32| {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == 0)
+    };
+    let maxphyaddr = match leaf(0x8000_0008).map(|e| (e.eax & 0xff) as u8) {
+        Some(m) if m != 0 => m,
+        _ => 36,
+    };
+    let features = CpuFeatures {
+        gbpages: leaf(0x8000_0001).is_some_and(|e| e.edx & (1 << 26) != 0),
+        pse36: leaf(1).is_some_and(|e| e.edx & (1 << 17) != 0),
+    };
+    (maxphyaddr, features)
 }
 
 #[cfg(test)]
@@ -63,6 +85,9 @@ mod tests {
         assert_ne!(l1.edx & LEAF1_EDX_HTT, 0);
         assert_eq!(c.as_slice()[1].edx, 3);
         let one = for_vcpu(&supported, 0, 1);
+        let (maxphyaddr, features) = paging_features(&one);
+        assert_eq!(maxphyaddr, 36);
+        assert!(!features.gbpages);
         assert_eq!(one.as_slice()[0].edx & LEAF1_EDX_HTT, 0);
     }
 }

@@ -14,12 +14,16 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs};
+use guest_mm::paging::{translate, Access, AccessKind, CpuFeatures, Privilege};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::boot::EntryState;
 use crate::error::{Error, Result};
+use crate::memory::GuestMemoryMmap;
+use crate::paging::{context_from_sregs, ExtraPagingRegs};
 use crate::vm::{ExitReason, VmShared};
 
 /// MSRs set at boot: (index, value).
@@ -37,6 +41,8 @@ const BOOT_MSRS: &[(u32, u64)] = &[
     (0x2ff, (1 << 11) | 6), // IA32_MTRR_DEF_TYPE: MTRRs on, default write-back
 ];
 
+/// EFER.LMA: long mode active.
+const EFER_LMA: u64 = 1 << 10;
 /// LAPIC register offsets and LVT delivery modes.
 const APIC_LVT_LINT0: usize = 0x350;
 const APIC_LVT_LINT1: usize = 0x360;
@@ -63,19 +69,29 @@ pub struct Vcpu {
     /// Its index (also its APIC ID).
     pub id: u8,
     fd: VcpuFd,
+    /// Guest memory, to show the code at RIP in crash reports.
+    mem: GuestMemoryMmap,
+    /// MAXPHYADDR and page sizes of the guest's CPUID (for the walker).
+    paging: (u8, CpuFeatures),
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` in `vm`.
-    pub fn new(vm: &VmFd, id: u8) -> Result<Self> {
+    /// Creates vCPU `id` in `vm`, whose memory is `mem`.
+    pub fn new(vm: &VmFd, id: u8, mem: &GuestMemoryMmap) -> Result<Self> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu { id, fd })
+        Ok(Vcpu {
+            id,
+            fd,
+            mem: mem.clone(),
+            paging: (36, CpuFeatures::default()),
+        })
     }
 
     /// CPUID, MSRs, FPU and LAPIC (every vCPU).
-    pub fn configure(&self, cpuid: &CpuId) -> Result<()> {
+    pub fn configure(&mut self, cpuid: &CpuId) -> Result<()> {
+        self.paging = crate::cpuid::paging_features(cpuid);
         self.fd
             .set_cpuid2(cpuid)
             .map_err(Error::kvm("KVM_SET_CPUID2"))?;
@@ -316,6 +332,47 @@ impl Vcpu {
                 let _ = writeln!(s, "  (KVM_GET_SREGS failed: {e})");
             }
         }
+        if let (Ok(r), Ok(sr)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+            let _ = writeln!(s, "  {}", self.code_at_rip(&r, &sr));
+        }
         s.trim_end().to_string()
+    }
+
+    /// The instruction bytes at CS:RIP, found through the guest's own page
+    /// tables by guest-mm's walker (as the CPU's fetch would find them).
+    fn code_at_rip(&self, regs: &kvm_regs, sregs: &kvm_sregs) -> String {
+        let long = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
+        let linear = if long {
+            regs.rip
+        } else {
+            sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+        };
+        let (maxphyaddr, features) = self.paging;
+        let extra = ExtraPagingRegs {
+            rflags: regs.rflags,
+            ..Default::default()
+        };
+        let ctx = context_from_sregs(sregs, extra, maxphyaddr, features);
+        let privilege = if sregs.cs.dpl == 3 {
+            Privilege::User
+        } else {
+            Privilege::Supervisor
+        };
+        let access = Access::new(AccessKind::Fetch, privilege);
+        match translate(&self.mem, &ctx, linear, access) {
+            Ok(t) => {
+                // Up to the longest instruction, within this page.
+                let len = 15.min(0x1000 - (t.gpa & 0xfff)) as usize;
+                let mut code = vec![0u8; len];
+                match self.mem.read_slice(&mut code, GuestAddress(t.gpa)) {
+                    Ok(()) => {
+                        let hex: Vec<String> = code.iter().map(|b| format!("{b:02x}")).collect();
+                        format!("code at rip (gpa {:#x}): {}", t.gpa, hex.join(" "))
+                    }
+                    Err(e) => format!("code at rip: gpa {:#x} is not RAM ({e})", t.gpa),
+                }
+            }
+            Err(fault) => format!("code at rip: not fetchable ({fault})"),
+        }
     }
 }

@@ -230,7 +230,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
-        let v = Vcpu::new(&vm_fd, id)?;
+        let mut v = Vcpu::new(&vm_fd, id, &mem)?;
         v.configure(&crate::cpuid::for_vcpu(&supported, id, config.vcpus))?;
         if id == 0 {
             v.set_entry_state(&entry)?;

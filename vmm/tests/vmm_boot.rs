@@ -249,6 +249,7 @@ fn triple_fault_exits_124_with_registers() {
     let out = run_kernel("ud2", &[0xbb, 0x5a, 0x5a, 0x5a, 0x5a, 0x0f, 0x0b], &[]);
     assert_eq!(out.code, Some(124), "{}", out.stderr);
     let e = &out.stderr;
+    println!("{e}");
     assert!(e.contains("triple fault (KVM_EXIT_SHUTDOWN)"), "{e}");
     for reg in [
         "rbx=0x000000005a5a5a5a",
@@ -261,6 +262,9 @@ fn triple_fault_exits_124_with_registers() {
     ] {
         assert!(e.contains(reg), "no {reg} in:\n{e}");
     }
+    // The faulting instruction, found through the guest's (absent) paging
+    // by guest-mm's walker: ud2 at 1 MiB + 5, then the zeroed page.
+    assert!(e.contains("code at rip (gpa 0x100005): 0f 0b 00 00"), "{e}");
 }
 
 #[test]
