@@ -2,7 +2,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Guest memory: vm-memory regions with a dirty bitmap, registered as KVM
-//! memory slots, and the memory map the guest is told about.
+//! memory slots, and the memory map the guest is told about. The very same
+//! regions make up the memory map of the VM's GUP engine
+//! ([`guest_mm::gup::Gup`]), through which device DMA pins guest pages.
 //!
 //! Layout: RAM from 0 up to [`MMIO_HOLE_START`] (3 GiB), then a hole for
 //! device MMIO up to 4 GiB, then the rest of the RAM from [`HIGH_RAM_START`].
@@ -11,13 +13,16 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::bitmap::AtomicBitmap;
+use std::sync::Arc;
+
+use guest_mm::gup::{Gup, GupConfig, RegionOptions};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
 
-/// Guest memory with a dirty bitmap per region.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+/// Guest memory with a dirty bitmap per region (guest-mm's, which write
+/// pins mark when a device releases them).
+pub type GuestMemoryMmap = guest_mm::gup::GuestMemory;
 
 /// Start of the MMIO hole below 4 GiB (end of low RAM).
 pub const MMIO_HOLE_START: u64 = 3 << 30;
@@ -42,15 +47,28 @@ pub fn ram_ranges(bytes: u64) -> Vec<(GuestAddress, u64)> {
 
 /// Allocates `bytes` of guest RAM (anonymous, populated on first touch).
 pub fn create(bytes: u64) -> Result<GuestMemoryMmap> {
+    Ok(create_with_gup(bytes)?.1)
+}
+
+/// Allocates `bytes` of guest RAM and the GUP engine over the same regions;
+/// returns both (the memory is the engine's first snapshot).
+pub fn create_with_gup(bytes: u64) -> Result<(Arc<Gup>, GuestMemoryMmap)> {
     let ranges = ram_ranges(bytes)
         .into_iter()
         .map(|(a, len)| {
             usize::try_from(len)
-                .map(|len| (a, len))
+                .map(|len| (a.0, len))
                 .map_err(|_| Error::Memory(format!("{len} bytes do not fit the host")))
         })
         .collect::<Result<Vec<_>>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))
+    let regions = guest_mm::gup::memmap::anonymous_regions(&ranges)
+        .map_err(|e| Error::Memory(e.to_string()))?
+        .into_iter()
+        .map(|r| (r, RegionOptions::default()))
+        .collect();
+    let gup = Gup::new(regions, GupConfig::default()).map_err(|e| Error::Memory(e.to_string()))?;
+    let mem = gup.memory_map().memory().clone();
+    Ok((Arc::new(gup), mem))
 }
 
 /// Registers every region of `mem` as a KVM memory slot (slot = index).

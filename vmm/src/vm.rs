@@ -170,6 +170,8 @@ pub struct RunReport {
 struct Vm {
     fd: VmFd,
     _mem: GuestMemoryMmap,
+    /// The GUP engine over the same regions (devices pin through it).
+    _gup: Arc<guest_mm::gup::Gup>,
 }
 
 /// Boots and runs a VM until it stops; `signals` is the signalfd of the
@@ -181,7 +183,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     let kvm = Kvm::new().map_err(Error::kvm("opening /dev/kvm"))?;
     let start = Instant::now();
     let vm_fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
-    let mem = memory::create(config.ram_bytes)?;
+    let (gup, mem) = memory::create_with_gup(config.ram_bytes)?;
     memory::register_slots(&vm_fd, &mem)?;
     vm_fd
         .set_tss_address(KVM_TSS_ADDRESS)
@@ -240,6 +242,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     let vm = Vm {
         fd: vm_fd,
         _mem: mem,
+        _gup: gup,
     };
 
     vcpu::install_kick_handler()?;
