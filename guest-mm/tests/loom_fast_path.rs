@@ -7,7 +7,8 @@
 //!
 //! The protocol functions are the engine's own (`guest_mm::gup::frames`:
 //! `take_frame`, `release_frame`, `take_block`, `release_block`,
-//! `freeze_frame`, `unfreeze_frame`, `mark_unpopulated`, `mark_populated`),
+//! `take_frame_unpopulated`, `take_block_unpopulated`, `freeze_frame`,
+//! `unfreeze_frame`, `mark_unpopulated`, `mark_populated`),
 //! run on loom's atomics through the `AtomicWord` trait. Only the parties
 //! around them are modelled here:
 //!
@@ -19,7 +20,9 @@
 //! * a guest that rewrites the leaf and hands the old frame to a balloon;
 //!   the balloon freezes, discards (writes the page, records the discard),
 //!   marks unpopulated and unfreezes;
-//! * the slow path's populate (host page present, then `mark_populated`).
+//! * the slow path's populate: take the reference even though the frame is
+//!   unpopulated (refused only when frozen), populate the host page (a ghost
+//!   "present" flag), `mark_populated`, keep the reference.
 //!
 //! Host page contents are loom `UnsafeCell`s, so a DMA write and a discard
 //! that are not ordered by happens-before is reported by loom as a data
@@ -30,25 +33,30 @@
 //!   before it is released, read by the freezer while it holds the frame
 //!   frozen);
 //! * the fast path never keeps a pin whose leaf changed between its walk and
-//!   its pin: after a successful recheck the leaf it re-read is the one it
-//!   walked, and the frame was not discarded (a frame can only be discarded
-//!   after the guest unmapped it and before our pin; while we hold the pin
-//!   it cannot be);
+//!   its pin: in the models where the balloon only gets frames the guest
+//!   unmapped first, a kept pin (or block pin) must not see its frame
+//!   discarded (the discard can only have come after the unmap and before
+//!   the pin: while the pin is held the frame cannot be frozen);
+//! * a page is populated whenever a holder writes it (a discarded page is
+//!   never left marked populated);
 //! * at the end, every reference and frozen count is back to its initial
 //!   value and the block's unpopulated count matches its frames.
 //!
 //! The checker has teeth: broken variants of the protocol (recheck before
 //! the pin; a freeze that ignores the block's references; a freeze done by
 //! load-then-store instead of compare-exchange; a block pin that ignores
-//! the block's frozen count) run under the same models and must be caught.
+//! the block's frozen count; a populate that holds no reference) run under
+//! the same models and must be caught.
 //!
 //! Loom treats SeqCst accesses as AcqRel (a weaker model, so it can only add
 //! false alarms, never hide a bug that needs SeqCst to be prevented); the
 //! correctness argument here only needs the read-modify-writes on one word
 //! and their acquire/release edges, and the models pass under it.
 //!
-//! Interleavings explored are printed per model; `LOOM_MAX_PREEMPTIONS`
-//! bounds them if set (unset: exhaustive).
+//! Interleavings explored are printed per model (`--nocapture`). Every model
+//! is exhaustive except the three-thread pin + GET + balloon one, bounded to
+//! 3 preemptions; `LOOM_MAX_PREEMPTIONS` overrides the bound of every model
+//! (a large value makes that one exhaustive too, in minutes).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize as StdUsize, Ordering};
@@ -57,9 +65,9 @@ use std::time::Instant;
 
 use guest_mm::gup::frames::{
     freeze_frame, mark_populated, mark_unpopulated, release_block, release_frame, take_block,
-    take_frame, unfreeze_frame, AtomicWord, Refused, BLOCK_FROZEN, BLOCK_FROZEN_ONE, BLOCK_REFS,
-    BLOCK_UNPOPULATED, BLOCK_UNPOPULATED_ONE, FRAME_FROZEN, FRAME_REFS, FRAME_UNPOPULATED,
-    PIN_BIAS,
+    take_block_unpopulated, take_frame, take_frame_unpopulated, unfreeze_frame, AtomicWord,
+    Refused, BLOCK_FROZEN, BLOCK_FROZEN_ONE, BLOCK_REFS, BLOCK_UNPOPULATED, BLOCK_UNPOPULATED_ONE,
+    FRAME_FROZEN, FRAME_REFS, FRAME_UNPOPULATED, PIN_BIAS,
 };
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
@@ -126,6 +134,9 @@ enum Protocol {
     /// Broken: a block pin adds to the block word and ignores its frozen
     /// count.
     BlockIgnoresFrozen,
+    /// Broken (the engine's first version): the slow path populates the
+    /// host page and marks it populated with no reference held, then pins.
+    PopulateWithoutReference,
 }
 
 /// Devices that may hold a page at once.
@@ -200,9 +211,6 @@ struct Model {
     /// The balloon only discards frames the guest unmapped first: a pin
     /// kept after such a discard is a pin on a leaf that changed before it.
     discards_unmapped: bool,
-    /// Also check that a pinned page's host page is populated (not one of
-    /// DESIGN 4.7's guarantees; see `populated_flag_survives_discard`).
-    check_populated: bool,
 }
 
 impl Model {
@@ -227,13 +235,6 @@ impl Model {
             block_held: AtomicUsize::new(0),
             discarded: [AtomicBool::new(false), AtomicBool::new(false)],
             discards_unmapped,
-            check_populated: matches!(
-                s,
-                Scenario::PinVsDiscard {
-                    check_populated: true,
-                    ..
-                }
-            ),
         })
     }
 
@@ -275,20 +276,28 @@ impl Model {
         release_frame(&self.frames[f], PIN_BIAS);
     }
 
-    /// `take_frame`, with the slow path's populate on NotPopulated (host
-    /// page populated, then `mark_populated`) and one retry.
+    /// `take_frame`, with the slow path's populate on NotPopulated: take
+    /// the reference with `take_frame_unpopulated` (refused only when
+    /// frozen), populate the host page, `mark_populated`, keep the
+    /// reference (slow.rs).
     fn take_4k(&self, f: usize, delta: u32, populate: bool) -> bool {
-        let mut tries = 0;
-        loop {
-            match take_frame(&self.frames[f], delta) {
-                Ok(()) => return true,
-                Err(Refused::NotPopulated) if populate && tries < 1 => {
+        let (fw, bw) = (&self.frames[f], &self.block);
+        match take_frame(fw, delta) {
+            Ok(()) => true,
+            Err(Refused::NotPopulated) if populate => {
+                if self.proto == Protocol::PopulateWithoutReference {
                     self.present[f].store(true, Ordering::SeqCst);
-                    mark_populated(&self.frames[f], &self.block);
-                    tries += 1;
+                    mark_populated(fw, bw);
+                    return take_frame(fw, delta).is_ok();
                 }
-                Err(_) => return false,
+                if take_frame_unpopulated(fw, delta).is_err() {
+                    return false;
+                }
+                self.present[f].store(true, Ordering::SeqCst);
+                mark_populated(fw, bw);
+                true
             }
+            Err(_) => false,
         }
     }
 
@@ -312,11 +321,25 @@ impl Model {
         if walked & (P | PS) != (P | PS) {
             return false;
         }
-        let taken = if self.proto == Protocol::BlockIgnoresFrozen {
-            self.block.fetch_add(u64::from(PIN_BIAS), Ordering::SeqCst);
-            Ok(())
-        } else {
-            take_block(&self.block, u64::from(PIN_BIAS))
+        let delta = u64::from(PIN_BIAS);
+        let taken = match self.proto {
+            Protocol::BlockIgnoresFrozen => {
+                self.block.fetch_add(delta, Ordering::SeqCst);
+                Ok(())
+            }
+            _ => match take_block(&self.block, delta) {
+                // The slow path: hold the block, populate all of it, mark
+                // its frames populated, keep the reference.
+                Err(Refused::NotPopulated) => {
+                    take_block_unpopulated(&self.block, delta).map(|()| {
+                        for f in 0..2 {
+                            self.present[f].store(true, Ordering::SeqCst);
+                            mark_populated(&self.frames[f], &self.block);
+                        }
+                    })
+                }
+                r => r,
+            },
         };
         if taken.is_err() {
             return false;
@@ -349,7 +372,7 @@ impl Model {
             unsafe { *p = token }
         });
         self.c.check(
-            !self.check_populated || self.present[f].load(Ordering::SeqCst),
+            self.present[f].load(Ordering::SeqCst),
             "DMA into a pinned page whose host page is not populated",
         );
     }
@@ -492,8 +515,10 @@ enum Scenario {
     /// unfreezes. The frame starts unpopulated (lazily backed).
     /// `get`: with the GET (three threads; explored with a preemption bound
     /// of 3 unless `LOOM_MAX_PREEMPTIONS` says otherwise), else exhaustive.
-    /// `check_populated`: also require a pinned page to be populated.
-    PinVsDiscard { get: bool, check_populated: bool },
+    PinVsDiscard { get: bool },
+    /// A 2M-leaf pin of a lazily backed block (populated by the slow path
+    /// while it holds the block) races a balloon discarding frame 1.
+    BlockPopulateVsDiscard,
 }
 
 fn run_scenario(m: &Arc<Model>, s: Scenario) {
@@ -575,7 +600,27 @@ fn run_scenario(m: &Arc<Model>, s: Scenario) {
             get.join().unwrap();
             balloon.join().unwrap();
         }
-        Scenario::PinVsDiscard { get, .. } => {
+        Scenario::BlockPopulateVsDiscard => {
+            let fast = {
+                let m = m.clone();
+                thread::spawn(move || {
+                    if m.pin_2m() {
+                        m.dma(0, 0, 3);
+                        m.dma(1, 0, 3);
+                        m.unpin_2m();
+                    }
+                })
+            };
+            let balloon = {
+                let m = m.clone();
+                thread::spawn(move || {
+                    m.balloon(1, true);
+                })
+            };
+            fast.join().unwrap();
+            balloon.join().unwrap();
+        }
+        Scenario::PinVsDiscard { get } => {
             let fast = {
                 let m = m.clone();
                 thread::spawn(move || {
@@ -615,6 +660,7 @@ fn initial(s: Scenario) -> (u64, bool, bool) {
         Scenario::BlockVsGuestSplit => (LEAF_2M, false, true),
         Scenario::BlockVsFreeze => (LEAF_2M, false, false),
         Scenario::PinVsDiscard { .. } => (leaf_4k(0), true, false),
+        Scenario::BlockPopulateVsDiscard => (LEAF_2M, true, false),
     }
 }
 
@@ -727,18 +773,17 @@ fn block_pin_vs_frame_freeze() {
 
 #[test]
 fn pin_vs_discard_then_populate() {
-    must_hold(Scenario::PinVsDiscard {
-        get: false,
-        check_populated: false,
-    });
+    must_hold(Scenario::PinVsDiscard { get: false });
+}
+
+#[test]
+fn block_populate_vs_discard() {
+    must_hold(Scenario::BlockPopulateVsDiscard);
 }
 
 #[test]
 fn pin_and_get_vs_discard_then_populate() {
-    must_hold(Scenario::PinVsDiscard {
-        get: true,
-        check_populated: false,
-    });
+    must_hold(Scenario::PinVsDiscard { get: true });
 }
 
 // ---------------------------------------------------------------------------
@@ -770,26 +815,21 @@ fn caught_block_pin_ignoring_frozen_frames() {
 fn caught_freeze_by_load_then_store() {
     must_be_caught(
         Protocol::FreezeByLoadStore,
-        Scenario::PinVsDiscard {
-            get: false,
-            check_populated: false,
-        },
+        Scenario::PinVsDiscard { get: false },
     );
 }
 
-/// Not one of DESIGN 4.7's guarantees, but the frame table's "populated"
-/// bit can lie: the slow path populates the host page and then clears
-/// FRAME_UNPOPULATED with no reference held, so a balloon can freeze,
-/// MADV_DONTNEED and "mark unpopulated" (a no-op: the bit is still set)
-/// in between, and the populate's `mark_populated` then clears the bit of a
-/// discarded page. A later fast-path pin takes a page whose host backing is
-/// gone (zero-filled on touch for anonymous memory; a userfaultfd or file
-/// fault in the device's thread otherwise).
+/// The engine's first populate (populate, mark populated, then pin, with no
+/// reference held) let a balloon freeze, MADV_DONTNEED and "mark
+/// unpopulated" (a no-op: the bit was still set) in between, so the
+/// `mark_populated` that followed cleared the bit of a discarded page and a
+/// pin took a page with no host backing. The engine now populates while
+/// holding the reference (`take_frame_unpopulated`); this checks that the
+/// model still catches the old way.
 #[test]
-#[ignore = "engine bug: mark_populated after populate races a balloon discard (frames.rs / slow.rs populate holds no reference)"]
-fn populated_flag_survives_discard() {
-    must_hold(Scenario::PinVsDiscard {
-        get: false,
-        check_populated: true,
-    });
+fn caught_populate_without_a_reference() {
+    must_be_caught(
+        Protocol::PopulateWithoutReference,
+        Scenario::PinVsDiscard { get: false },
+    );
 }
