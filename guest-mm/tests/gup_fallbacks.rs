@@ -221,7 +221,7 @@ fn not_populated_then_populated_by_the_slow_path() {
     assert_eq!(p.pages(), 1);
     let d = m.step();
     assert_slow(&d, Fallback::NotPopulated, 1);
-    assert_eq!((d.populated, d.retries), (1, 1));
+    assert_eq!(d.populated, 1);
     assert!(!lz.frames().is_unpopulated(1));
     assert!(lz.frames().is_unpopulated(0) && lz.frames().is_unpopulated(2));
     assert!(resident(host));
@@ -373,5 +373,42 @@ fn overflow_of_a_frame_reference_count() {
     assert_slow(&m.step(), Fallback::Overflow, 0);
     assert_eq!(r0.frames().total_refs(), (1 << 30) - 1024);
     drop(held);
+    assert_released(&gup);
+}
+
+#[test]
+fn paging_disabled_has_no_entry_to_recheck() {
+    // CR0.PG = 0: guest-virtual is guest-physical, there is no leaf entry.
+    // The slow path (here: LONGTERM, and a lazily populated frame) must
+    // not treat the missing entry as "changed".
+    let lazy = RegionOptions {
+        lazy: true,
+        ..RegionOptions::default()
+    };
+    let gup = engine(
+        &[(0, RAM0, RegionOptions::default()), (RAM0, MIB, lazy)],
+        GupConfig::default(),
+    );
+    let space = AddressSpace::page_tables(guest_mm::paging::PagingContext::new(0, 0, 0, 0));
+    let mut m = Meter::new(&gup);
+    let p = gup.pin(&space, DATA, 2 * PAGE, PIN | WRITE).unwrap();
+    assert_eq!((p.pages(), p.short_reason()), (2, None));
+    assert_eq!(p.extents()[0].gpa, DATA);
+    // (Which path takes it is not asserted: with no entry there are no
+    // A/D bits, which the fast path currently reads as "A/D clear".)
+    let d = m.step();
+    assert_eq!((d.fast_pages + d.slow_pages, d.retries), (2, 0));
+    drop(p);
+    let p = gup.pin(&space, DATA, 2 * PAGE, PIN | LONGTERM).unwrap();
+    assert_eq!((p.pages(), p.short_reason()), (2, None));
+    let d = m.step();
+    assert_slow(&d, Fallback::Longterm, 2);
+    assert_eq!(d.retries, 0);
+    drop(p);
+    let p = gup.pin(&space, RAM0 + PAGE, PAGE, GET | WRITE).unwrap();
+    assert_eq!((p.pages(), p.short_reason()), (1, None));
+    let d = m.step();
+    assert_eq!((d.slow_pages, d.populated), (1, 1));
+    drop(p);
     assert_released(&gup);
 }
