@@ -244,6 +244,9 @@ const UFFDIO_POISON: libc::c_ulong = 0xc020_aa08;
 const UFFD_API: u64 = 0xaa;
 const UFFD_FEATURE_POISON: u64 = 1 << 14;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// Handle user-mode faults only: allowed without privilege (the poison
+/// marker does not depend on who would handle faults).
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
 /// Make the (never touched) page at `host` read as hardware-poisoned:
 /// userfaultfd's UFFDIO_POISON installs a poison marker in the page table
@@ -253,7 +256,12 @@ const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 fn poison(host: usize) -> Result<(), String> {
     let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     // SAFETY: plain syscall, no pointers.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
+        )
+    };
     if fd < 0 {
         return Err(os("userfaultfd"));
     }
