@@ -107,7 +107,7 @@ fn fault_carries_the_guest_fault_and_its_error_code() {
             inject: None
         }
     );
-    assert!(e.to_string().contains("not in guest RAM"));
+    assert!(e.to_string().contains("no guest RAM there"));
     assert_slow(&m.step(), Fallback::NotRam, 0);
     assert_released(&gup);
 }

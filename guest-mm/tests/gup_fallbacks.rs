@@ -324,8 +324,8 @@ fn longterm_always_takes_the_slow_path() {
 #[test]
 fn overflow_of_a_frame_reference_count() {
     // 1 GiB of guest-virtual space, every 4K page aliasing one frame: one
-    // request takes 2^18 pins of it (2^28 references). The frame count has
-    // 30 bits, so the fourth request runs out.
+    // request takes 2^18 pins of it (2^28 references). References stop at
+    // 2^29, so the third request runs out.
     const PAGES: u64 = 1 << 18;
     let gup = engine0();
     let map = gup.memory_map();
@@ -350,28 +350,34 @@ fn overflow_of_a_frame_reference_count() {
     let mut m = Meter::new(&gup);
 
     let mut held = Vec::new();
-    for _ in 0..3 {
-        let p = gup.pin(&space, VA, PAGES * PAGE, PIN).unwrap();
-        assert_eq!(p.pages(), PAGES);
+    for pages in [PAGES, PAGES - 1] {
+        let p = gup.pin(&space, VA, pages * PAGE, PIN).unwrap();
+        assert_eq!(p.pages(), pages);
         // Aliases are never merged: one extent per page.
-        assert_eq!(p.extents().len() as u64, PAGES);
-        assert_fast(&m.step(), PAGES);
+        assert_eq!(p.extents().len() as u64, pages);
+        assert_fast(&m.step(), pages);
         held.push(p);
     }
-    assert_eq!(r0.frames().total_refs(), 3 << 28);
-    // 2^30 - 1 is the largest count; a pin is refused when it could not
-    // add 1024 below it: 2^18 - 1 more pins fit.
+    assert_eq!(r0.frames().total_refs(), (1 << 29) - 1024);
+    // References are refused from FRAME_REF_LIMIT (2^29) on, half the
+    // 30-bit field, so refused attempts can never carry into the flags:
+    // one more pin fits, then the request stops short.
     let p = gup.pin(&space, VA, PAGES * PAGE, PIN).unwrap();
-    assert_eq!(p.pages(), PAGES - 1);
+    assert_eq!(p.pages(), 1);
     assert_eq!(p.short_reason(), Some(&GupError::Overflow));
     let d = m.step();
-    assert_eq!(d.fast_pages, PAGES - 1);
+    assert_eq!(d.fast_pages, 1);
     assert_slow(&d, Fallback::Overflow, 0);
     held.push(p);
     let e = gup.pin(&space, VA, PAGE, PIN).unwrap_err();
     assert_eq!((e, e.errno()), (GupError::Overflow, libc::EOVERFLOW));
     assert_slow(&m.step(), Fallback::Overflow, 0);
-    assert_eq!(r0.frames().total_refs(), (1 << 30) - 1024);
+    assert_eq!(r0.frames().total_refs(), 1 << 29);
+    assert_eq!(
+        u64::from(guest_mm::gup::frames::FRAME_REF_LIMIT),
+        1 << 29,
+        "the limit this test counts to"
+    );
     drop(held);
     assert_released(&gup);
 }

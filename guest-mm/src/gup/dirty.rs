@@ -32,7 +32,25 @@ impl DirtyBitmap {
         }
     }
 
-    /// Mark pages `first..=last` (clipped to the bitmap).
+    /// Mark `[offset, offset + len)` dirty, for a caller that has just
+    /// issued a sequentially consistent fence after the writes it records
+    /// (a write pin's release does one fence for all its extents).
+    ///
+    /// Why the fence: a word whose bits already read as set is skipped
+    /// without an RMW. A migration thread that clears the word (`take`, an
+    /// RMW) and then copies the page must see the writes whenever the skip
+    /// saw the old bits: the fence puts the writes before the load in the
+    /// global order, and the load saw the word before the clearing RMW, so
+    /// the writes are visible to the copy that follows it.
+    pub fn mark_after_fence(&self, offset: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.set_pages(offset / PAGE, offset.saturating_add(len - 1) / PAGE);
+    }
+
+    /// Mark pages `first..=last` (clipped to the bitmap); see
+    /// [`DirtyBitmap::mark_after_fence`] for the fence the caller owes.
     fn set_pages(&self, first: usize, last: usize) {
         if self.pages == 0 || first >= self.pages {
             return;
@@ -88,11 +106,11 @@ impl<'a> WithBitmapSlice<'a> for DirtyBitmap {
 }
 
 impl Bitmap for DirtyBitmap {
+    /// vm-memory calls this after each write it makes; the fence makes the
+    /// skip of already-set words safe (see [`DirtyBitmap::mark_after_fence`]).
     fn mark_dirty(&self, offset: usize, len: usize) {
-        if len == 0 {
-            return;
-        }
-        self.set_pages(offset / PAGE, offset.saturating_add(len - 1) / PAGE);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.mark_after_fence(offset, len);
     }
 
     fn dirty_at(&self, offset: usize) -> bool {

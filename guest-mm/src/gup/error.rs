@@ -87,9 +87,10 @@ impl fmt::Display for GupError {
                 }
                 Ok(())
             }
-            GupError::Fault { address, .. } => {
-                write!(f, "fault at {address:#x}: not in guest RAM")
-            }
+            GupError::Fault { address, .. } => write!(
+                f,
+                "fault at {address:#x}: no guest RAM there, or a write to a read-only region"
+            ),
             GupError::NoMemory => f.write_str("out of memory"),
             GupError::HwPoison => f.write_str("hardware-poisoned host page"),
             GupError::Again => f.write_str("try again"),

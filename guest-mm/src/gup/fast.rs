@@ -141,7 +141,8 @@ impl<'m> Fast<'m, '_> {
 impl<'m> Visitor<'m> for Fast<'m, '_> {
     /// Large leaves (and any leaf the walker does not batch).
     fn leaf(&mut self, m: &Mapping, _path: &Path, slot: LeafSlot<'m>) -> ControlFlow<()> {
-        if m.leaf.value & self.need != self.need {
+        // (With paging disabled there is no entry, so no A/D to check.)
+        if m.leaf.gpa.is_some() && m.leaf.value & self.need != self.need {
             return self.stop(Fallback::AccessedDirty);
         }
         let region = match self.region(m.gpa, m.len) {

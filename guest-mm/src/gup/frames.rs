@@ -64,8 +64,17 @@ pub const FRAME_UNPOPULATED: u32 = 1 << 30;
 /// Frame word: the reference count.
 pub const FRAME_REFS: u32 = FRAME_UNPOPULATED - 1;
 
+/// Frame word: references are refused from here on (Overflow). Half the
+/// field: a refused attempt adds before it looks and subtracts after, so
+/// the field must have room for every concurrent attempt on top of the
+/// limit without carrying into the flag bits (2^19 attempts of a pin here).
+pub const FRAME_REF_LIMIT: u32 = 1 << 29;
+
 /// Block word: the reference count.
 pub const BLOCK_REFS: u64 = (1 << 40) - 1;
+/// Block word: references are refused from here on (see
+/// [`FRAME_REF_LIMIT`]).
+pub const BLOCK_REF_LIMIT: u64 = 1 << 39;
 /// Block word: one frozen frame.
 pub const BLOCK_FROZEN_ONE: u64 = 1 << 40;
 /// Block word: the frozen-frame count.
@@ -164,7 +173,7 @@ pub enum Refused {
 #[inline]
 pub fn take_frame<W: AtomicWord<V = u32>>(frame: &W, delta: u32) -> Result<(), Refused> {
     let old = frame.fetch_add(delta, Ordering::SeqCst);
-    if old & (FRAME_FROZEN | FRAME_UNPOPULATED) == 0 && (old & FRAME_REFS) < FRAME_REFS - delta {
+    if old & (FRAME_FROZEN | FRAME_UNPOPULATED) == 0 && (old & FRAME_REFS) < FRAME_REF_LIMIT {
         return Ok(());
     }
     frame.fetch_sub(delta, Ordering::SeqCst);
@@ -188,7 +197,7 @@ pub fn take_frame_unpopulated<W: AtomicWord<V = u32>>(
     delta: u32,
 ) -> Result<(), Refused> {
     let old = frame.fetch_add(delta, Ordering::SeqCst);
-    if old & FRAME_FROZEN == 0 && (old & FRAME_REFS) < FRAME_REFS - delta {
+    if old & FRAME_FROZEN == 0 && (old & FRAME_REFS) < FRAME_REF_LIMIT {
         return Ok(());
     }
     frame.fetch_sub(delta, Ordering::SeqCst);
@@ -213,7 +222,7 @@ pub fn release_frame<W: AtomicWord<V = u32>>(frame: &W, delta: u32) {
 #[inline]
 pub fn take_block<W: AtomicWord<V = u64>>(block: &W, delta: u64) -> Result<(), Refused> {
     let old = block.fetch_add(delta, Ordering::SeqCst);
-    if old & (BLOCK_FROZEN | BLOCK_UNPOPULATED) == 0 && (old & BLOCK_REFS) < BLOCK_REFS - delta {
+    if old & (BLOCK_FROZEN | BLOCK_UNPOPULATED) == 0 && (old & BLOCK_REFS) < BLOCK_REF_LIMIT {
         return Ok(());
     }
     block.fetch_sub(delta, Ordering::SeqCst);
@@ -233,7 +242,7 @@ pub fn take_block_unpopulated<W: AtomicWord<V = u64>>(
     delta: u64,
 ) -> Result<(), Refused> {
     let old = block.fetch_add(delta, Ordering::SeqCst);
-    if old & BLOCK_FROZEN == 0 && (old & BLOCK_REFS) < BLOCK_REFS - delta {
+    if old & BLOCK_FROZEN == 0 && (old & BLOCK_REFS) < BLOCK_REF_LIMIT {
         return Ok(());
     }
     block.fetch_sub(delta, Ordering::SeqCst);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+    MmapRegion,
 };
 
 use super::dirty::DirtyBitmap;
@@ -55,6 +56,8 @@ pub struct RamRegion {
     frames: FrameTable,
     options: RegionOptions,
     region: Arc<GuestRegion>,
+    /// The region's mapping, for direct access to its [`DirtyBitmap`].
+    mapping: Arc<MmapRegion<DirtyBitmap>>,
 }
 
 impl std::fmt::Debug for RamRegion {
@@ -118,6 +121,7 @@ impl RamRegion {
             host,
             frames: FrameTable::new(len / PAGE_SIZE, !options.lazy),
             options,
+            mapping: region.get_mmap(),
             region,
         })
     }
@@ -181,6 +185,14 @@ impl RamRegion {
         self.region
             .bitmap()
             .mark_dirty((gpa - self.start) as usize, len as usize);
+    }
+
+    /// [`RamRegion::mark_dirty`] for a caller that has just issued a
+    /// sequentially consistent fence (see [`DirtyBitmap::mark_after_fence`]).
+    pub(crate) fn mark_dirty_after_fence(&self, gpa: u64, len: u64) {
+        self.mapping
+            .bitmap()
+            .mark_after_fence((gpa - self.start) as usize, len as usize);
     }
 
     /// Whether the page holding `gpa` is dirty in the bitmap.

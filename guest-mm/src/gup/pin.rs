@@ -148,6 +148,11 @@ impl Pinned {
 impl Drop for Pinned {
     fn drop(&mut self) {
         let delta = if self.pin { PIN_BIAS } else { 1 };
+        if self.write {
+            // One fence for every extent's dirty marking (see
+            // DirtyBitmap::mark_after_fence).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        }
         for e in &self.extents {
             let Some(region) = self.regions.get(e.region as usize) else {
                 continue;
@@ -155,7 +160,7 @@ impl Drop for Pinned {
             // Guarantee 4: the device's writes are recorded in the dirty
             // bitmap before the frame can be frozen, discarded or migrated.
             if self.write {
-                region.mark_dirty(e.gpa, e.len);
+                region.mark_dirty_after_fence(e.gpa, e.len);
             }
             release_units(region, e, delta);
         }
