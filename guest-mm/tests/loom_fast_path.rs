@@ -776,7 +776,7 @@ fn model(proto: Protocol, s: Scenario, strict: bool) -> Outcome {
         first: c.first.lock().unwrap().clone(),
         panic,
     };
-    println!(
+    report(&format!(
         "loom {proto:?} {s:?}: {} interleavings explored ({}) in {:.2?}, {} violations{}",
         out.executions,
         match bound {
@@ -790,7 +790,7 @@ fn model(proto: Protocol, s: Scenario, strict: bool) -> Outcome {
             (Some(f), None) => format!(", first: {f}"),
             (None, None) => String::new(),
         }
-    );
+    ));
     out
 }
 
@@ -931,4 +931,12 @@ fn table_swap_with_leaf_recheck_only() {
 #[test]
 fn table_swap_with_parent_recheck() {
     must_hold_with(Protocol::RecheckParent, Scenario::TableSwap);
+}
+
+/// Write a summary line to the real stderr, past the test harness's output
+/// capture (which takes `println!`, not direct writes), so that the counts
+/// show in every CI log.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
