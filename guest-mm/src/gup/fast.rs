@@ -11,7 +11,8 @@
 //!    an address outside RAM, WRITE to a read-only region.
 //! 3. Pin first ([`Builder::take`]: one RMW per frame, or per 2M block for a
 //!    large leaf, refused when frozen or unpopulated), **then** re-read the
-//!    leaf entry; if it changed, release and stop.
+//!    leaf entry, and the entries above it (once per run of 4K leaves, after
+//!    its last pin); if any changed, release and stop.
 //!
 //! # Why pin-then-recheck is enough
 //!
@@ -31,7 +32,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::paging::entry::{LeafSlot, PTE_A, PTE_D, PTE_P};
-use crate::paging::walker::{walk_visit, Path, PteRun, RunEnd, Visitor};
+use crate::paging::walker::{walk_visit, Path, PteRun, RunEnd, Upper, Visitor};
 use crate::paging::{Access, FaultReason, Mapping, PageSize, PagingContext, RangeOutcome};
 
 use super::frames::Refused;
@@ -140,7 +141,13 @@ impl<'m> Fast<'m, '_> {
 
 impl<'m> Visitor<'m> for Fast<'m, '_> {
     /// Large leaves (and any leaf the walker does not batch).
-    fn leaf(&mut self, m: &Mapping, _path: &Path, slot: LeafSlot<'m>) -> ControlFlow<()> {
+    fn leaf(
+        &mut self,
+        m: &Mapping,
+        _path: &Path,
+        upper: &Upper<'m>,
+        slot: LeafSlot<'m>,
+    ) -> ControlFlow<()> {
         // (With paging disabled there is no entry, so no A/D to check.)
         if m.leaf.gpa.is_some() && m.leaf.value & self.need != self.need {
             return self.stop(Fallback::AccessedDirty);
@@ -153,9 +160,11 @@ impl<'m> Visitor<'m> for Fast<'m, '_> {
         if let Err(r) = self.b.take(region, m.gpa, m.len, large) {
             return self.stop(refused(r));
         }
-        // Pin first, then recheck (see the module comment). With paging
-        // disabled there is no entry to recheck.
-        if m.leaf.gpa.is_some() && slot.reread() != Some(m.leaf.value) {
+        // Pin first, then recheck the leaf and the entries above it (see
+        // the module comment). With paging disabled there is no entry.
+        if m.leaf.gpa.is_some()
+            && (slot.reread() != Some(m.leaf.value) || !upper.intact(m.leaf.level))
+        {
             self.b.untake_last(m.len);
             return self.stop(Fallback::LeafChanged);
         }
@@ -165,6 +174,26 @@ impl<'m> Visitor<'m> for Fast<'m, '_> {
     /// A run of 4K leaves: the hot loop.
     #[inline(always)]
     fn pte_run(&mut self, run: &PteRun<'m>) -> Option<RunEnd> {
+        let mark = self.b.bytes();
+        let end = self.take_run(run);
+        // Each leaf was rechecked after its pin; the entries above the page
+        // table are rechecked once, after the last pin of the run: if they
+        // read the same now as at the walk, they held for every pin taken
+        // in between. If not, the table may have been swapped out from
+        // under the run: give every page of it back.
+        if self.b.bytes() != mark && !run.upper_intact() {
+            self.b.rollback_to(mark);
+            self.stop = Some(Fallback::LeafChanged);
+            return Some(RunEnd::Stop);
+        }
+        Some(end)
+    }
+}
+
+impl<'m> Fast<'m, '_> {
+    /// Take the leaves of `run` until one is not perfect.
+    #[inline(always)]
+    fn take_run(&mut self, run: &PteRun<'m>) -> RunEnd {
         for i in run.lo..=run.hi {
             let e = run.entry(i);
             // Shuffled frames make the pin's RMW a cache miss: start
@@ -203,8 +232,8 @@ impl<'m> Visitor<'m> for Fast<'m, '_> {
                 }
             };
             self.stop = Some(reason);
-            return Some(RunEnd::Stop);
+            return RunEnd::Stop;
         }
-        Some(RunEnd::Continue)
+        RunEnd::Continue
     }
 }

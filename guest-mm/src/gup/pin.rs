@@ -408,6 +408,23 @@ impl Builder {
         self.pages_pinned -= pages_spanned(part.addr, len);
     }
 
+    /// Give back everything taken after the first `bytes` bytes.
+    pub(crate) fn rollback_to(&mut self, bytes: u64) {
+        while self.bytes > bytes {
+            let Some(last) = self.extents.last() else {
+                return;
+            };
+            if last.is_hole() {
+                let len = last.len;
+                self.extents.pop();
+                self.bytes -= len;
+                continue;
+            }
+            let len = last.len.min(self.bytes - bytes);
+            self.untake_last(len);
+        }
+    }
+
     /// Record a hole (DUMP) of `len` bytes.
     pub(crate) fn hole(&mut self, gpa: u64, len: u64) {
         let addr = self.next();

@@ -19,7 +19,7 @@
 //! 4. Take the frame or block. Unpopulated: populate the host pages
 //!    (MADV_POPULATE_READ/WRITE), mark them populated, retry. Frozen: wait,
 //!    bounded, then Again.
-//! 5. Recheck the leaf; changed: release and retry.
+//! 5. Recheck the leaf and the entries above it; changed: release and retry.
 //! 6. LONGTERM: lock the host pages and count them against the VM's limit.
 //!
 //! Every retry is bounded ([`MAX_RETRIES`] per page) so a guest that keeps
@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::paging::entry::{reread_leaf, PTE_A, PTE_D};
-use crate::paging::{touch, translate, Access, FaultKind, PageSize, PagingContext, TouchError};
+use crate::paging::walker::{translate_upper, Upper};
+use crate::paging::{touch, Access, FaultKind, PageSize, PagingContext, TouchError};
 
 use super::error::GupError;
 use super::flags::GupFlags;
@@ -54,15 +55,17 @@ pub(crate) struct Slow<'a> {
 }
 
 /// One page's worth of work resolved to guest-physical memory.
-struct Target {
+struct Target<'m> {
     gpa: u64,
     len: u64,
     large: bool,
     /// The leaf entry to recheck: (its location, the value read).
     leaf: Option<crate::paging::LeafEntry>,
+    /// The entries above the leaf, to recheck too.
+    upper: Option<Upper<'m>>,
 }
 
-impl Slow<'_> {
+impl<'a> Slow<'a> {
     /// Take `[b.next(), end)`; returns why it stopped early, if it did.
     pub(crate) fn run(
         &self,
@@ -86,6 +89,7 @@ impl Slow<'_> {
                     len: (PAGE_SIZE - addr % PAGE_SIZE).min(end - addr),
                     large: false,
                     leaf: None,
+                    upper: None,
                 },
                 Some((ctx, access, handler)) => {
                     match self.resolve(ctx, access, handler, addr, end) {
@@ -157,7 +161,8 @@ impl Slow<'_> {
             // is None, and re-reading it gives None): as on the fast path,
             // only an entry in memory can change under us.
             if let Some(leaf) = target.leaf.as_ref().filter(|l| l.gpa.is_some()) {
-                if reread_leaf(self.map.memory(), leaf) != Some(leaf.value) {
+                let upper_ok = target.upper.is_none_or(|u| u.intact(leaf.level));
+                if reread_leaf(self.map.memory(), leaf) != Some(leaf.value) || !upper_ok {
                     b.untake_last(len);
                     retries += 1;
                     self.stats.retry();
@@ -184,10 +189,10 @@ impl Slow<'_> {
         handler: Option<&dyn FaultHandler>,
         addr: u64,
         end: u64,
-    ) -> Result<Option<Target>, GupError> {
+    ) -> Result<Option<Target<'a>>, GupError> {
         let mem = self.map.memory();
-        let mut t = match translate(mem, ctx, addr, access) {
-            Ok(t) => t,
+        let (mut t, upper) = match translate_upper(mem, ctx, addr, access) {
+            Ok(found) => found,
             Err(fault) => {
                 let is_pf = matches!(fault.kind, FaultKind::PageFault(_));
                 let handler = handler.filter(|_| is_pf && !self.flags.contains(GupFlags::NOFAULT));
@@ -245,6 +250,7 @@ impl Slow<'_> {
             len: leaf_end.min(end) - addr,
             large: t.page_size != PageSize::Size4K,
             leaf: Some(t.leaf),
+            upper: Some(upper),
         }))
     }
 

@@ -296,14 +296,17 @@ pub(crate) struct LeafSlot<'a> {
     _mem: std::marker::PhantomData<&'a ()>,
 }
 
+/// No entry (paging disabled, or a PDPTE register).
+pub(crate) const LEAF_SLOT_NONE: LeafSlot<'static> = LeafSlot {
+    ptr: std::ptr::null(),
+    width: 0,
+    _mem: std::marker::PhantomData,
+};
+
 impl LeafSlot<'_> {
     /// No entry (paging disabled).
     pub(crate) fn none() -> Self {
-        LeafSlot {
-            ptr: std::ptr::null(),
-            width: 0,
-            _mem: std::marker::PhantomData,
-        }
+        LEAF_SLOT_NONE
     }
 
     /// Re-read the entry, sequentially consistent: ordered after the pin

@@ -26,7 +26,8 @@ use vm_memory::GuestMemoryBackend;
 use super::access::{Access, AccessCheck, ErrorCode, Fault, FaultKind, FaultReason, Permissions};
 use super::context::{PagingContext, PagingMode};
 use super::entry::{
-    Decoded, Layout, LeafEntry, LeafSlot, PageSize, Table, PTE_P, PTE_RW, PTE_US, PTE_XD,
+    Decoded, Layout, LeafEntry, LeafSlot, PageSize, Table, LEAF_SLOT_NONE, PTE_A, PTE_D, PTE_P,
+    PTE_RW, PTE_US, PTE_XD,
 };
 
 /// One leaf mapping met by [`walk_range`]: the part of the requested range
@@ -151,7 +152,7 @@ pub(crate) struct PteRun<'m> {
     /// Bit `rw | us << 1 | xd << 2` (the entry's own bits) is set when the
     /// access is allowed with those bits under the upper levels' rights.
     ok: u8,
-    _mem: std::marker::PhantomData<&'m ()>,
+    upper: Upper<'m>,
 }
 
 impl<'m> PteRun<'m> {
@@ -173,6 +174,13 @@ impl<'m> PteRun<'m> {
     pub(crate) fn accepts(&self, e: u64) -> bool {
         let rights = ((e >> 1) & 3) | ((e >> 61) & 4);
         e & PTE_P != 0 && e & self.rsvd == 0 && self.ok & (1 << rights) != 0
+    }
+
+    /// Whether the entries above this page table still hold what the walk
+    /// read (see [`Upper::intact`]).
+    #[inline]
+    pub(crate) fn upper_intact(&self) -> bool {
+        self.upper.intact(1)
     }
 
     /// Guest-physical page address of entry value `e`.
@@ -201,11 +209,51 @@ pub(crate) enum RunEnd {
     Stop,
 }
 
+/// The paging-structure entries above the current leaf, with where they live
+/// in host memory, for the GUP fast path's recheck after a pin: not only
+/// the leaf entry may change under a pin, a whole table may be swapped out
+/// from above it (a page table replaced by a 2M leaf leaves the old table
+/// page, and its stale entries, untouched).
+#[derive(Clone, Copy)]
+pub(crate) struct Upper<'m> {
+    entries: [(LeafSlot<'m>, u64); 6],
+}
+
+impl<'m> Upper<'m> {
+    const NONE: Upper<'static> = Upper {
+        entries: [(LEAF_SLOT_NONE, 0); 6],
+    };
+
+    /// Whether every entry above `leaf_level` still holds what the walk
+    /// read, Accessed and Dirty bits aside (setting them changes no
+    /// translation). Entries not in memory (PAE PDPTE registers) count as
+    /// intact.
+    #[inline]
+    pub(crate) fn intact(&self, leaf_level: u8) -> bool {
+        let from = usize::from(leaf_level) + 1;
+        self.entries
+            .get(from..)
+            .unwrap_or(&[])
+            .iter()
+            .all(|(slot, v)| match slot.reread() {
+                None => true,
+                Some(now) => (now ^ v) & !(PTE_A | PTE_D) == 0,
+            })
+    }
+}
+
 /// What a range walk calls: one [`Mapping`] per leaf, or, where the visitor
 /// wants them, whole runs of 4K leaves.
 pub(crate) trait Visitor<'m> {
-    /// One leaf mapping (with the upper entries and the leaf's slot).
-    fn leaf(&mut self, m: &Mapping, path: &Path, slot: LeafSlot<'m>) -> ControlFlow<()>;
+    /// One leaf mapping (with the upper entries, where they live, and the
+    /// leaf's slot).
+    fn leaf(
+        &mut self,
+        m: &Mapping,
+        path: &Path,
+        upper: &Upper<'m>,
+        slot: LeafSlot<'m>,
+    ) -> ControlFlow<()>;
 
     /// A run of 4K leaves; `None` declines it (the walker then yields each
     /// entry through [`Visitor::leaf`], faults included).
@@ -223,8 +271,57 @@ where
     F: FnMut(&Mapping, &Path, LeafSlot<'m>) -> ControlFlow<()>,
 {
     #[inline(always)]
-    fn leaf(&mut self, m: &Mapping, path: &Path, slot: LeafSlot<'m>) -> ControlFlow<()> {
+    fn leaf(
+        &mut self,
+        m: &Mapping,
+        path: &Path,
+        _upper: &Upper<'m>,
+        slot: LeafSlot<'m>,
+    ) -> ControlFlow<()> {
         (self.0)(m, path, slot)
+    }
+}
+
+/// [`translate`], also returning the entries above the leaf and where they
+/// live (for the GUP slow path's recheck after a pin).
+pub(crate) fn translate_upper<'m, M>(
+    mem: &'m M,
+    ctx: &PagingContext,
+    address: u64,
+    access: Access,
+) -> Result<(Translation, Upper<'m>), Fault>
+where
+    M: GuestMemoryBackend + ?Sized,
+{
+    struct One<'m>(Option<(Translation, Upper<'m>)>);
+    impl<'m> Visitor<'m> for One<'m> {
+        fn leaf(
+            &mut self,
+            m: &Mapping,
+            _path: &Path,
+            upper: &Upper<'m>,
+            _slot: LeafSlot<'m>,
+        ) -> ControlFlow<()> {
+            let t = Translation {
+                gpa: m.gpa,
+                page_size: m.page_size,
+                perms: m.perms,
+                leaf: m.leaf,
+            };
+            self.0 = Some((t, *upper));
+            ControlFlow::Break(())
+        }
+    }
+    let mut one = One(None);
+    match (walk_visit(mem, ctx, address, 1, access, &mut one), one.0) {
+        (RangeOutcome::Faulted(fault), _) => Err(fault),
+        (_, Some(found)) => Ok(found),
+        (_, None) => Err(Fault {
+            address,
+            kind: FaultKind::GeneralProtection,
+            level: 0,
+            reason: FaultReason::AddressTooWide,
+        }),
     }
 }
 
@@ -319,6 +416,7 @@ where
         access,
         check,
         path: [None; 6],
+        upper: Upper::NONE,
         fault: None,
         f,
     };
@@ -401,6 +499,7 @@ struct Walk<'m, 'a, M: GuestMemoryBackend + ?Sized, F> {
     access: Access,
     check: AccessCheck,
     path: Path,
+    upper: Upper<'m>,
     fault: Option<Fault>,
     f: &'a mut F,
 }
@@ -441,7 +540,7 @@ where
                 value: 0,
             },
         };
-        match self.f.leaf(&m, &self.path, LeafSlot::none()) {
+        match self.f.leaf(&m, &self.path, &self.upper, LeafSlot::none()) {
             ControlFlow::Continue(()) => Flow::Continue,
             ControlFlow::Break(()) => Flow::Stop,
         }
@@ -539,7 +638,7 @@ where
             addr_mask: self.layout.addr_mask(),
             rsvd: self.layout.rsvd_pte(),
             ok,
-            _mem: std::marker::PhantomData,
+            upper: self.upper,
         }
     }
 
@@ -588,6 +687,7 @@ where
                 }
                 Decoded::Table(next) => {
                     self.path[usize::from(level)] = Some((table_gpa + i * width, e));
+                    self.upper.entries[usize::from(level)] = (table.slot(i * width, width), e);
                     self.table(level - 1, next, entry_first, entry_last, perms.with(e))
                 }
                 Decoded::Leaf(page, size) => {
@@ -614,7 +714,8 @@ where
                             value: e,
                         },
                     };
-                    match self.f.leaf(&m, &self.path, table.slot(i * width, width)) {
+                    let slot = table.slot(i * width, width);
+                    match self.f.leaf(&m, &self.path, &self.upper, slot) {
                         ControlFlow::Continue(()) => Flow::Continue,
                         ControlFlow::Break(()) => Flow::Stop,
                     }
