@@ -3,6 +3,7 @@
 
 //! Shared helpers for the cross-crate integration tests.
 
+pub mod fuzz_gup;
 pub mod fuzz_walker;
 pub mod guest_exec;
 pub mod guest_report;

@@ -1,16 +1,29 @@
 // Copyright 2026 The guest-mm authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Replay the committed `walker` fuzz corpus (fuzz/corpus/walker/) through
-//! the fuzz target's body, so `cargo test` keeps every input the fuzzer found
-//! interesting passing. Set `FUZZ_REPLAY=<file or directory>` to replay
-//! something else instead (e.g. a crash artifact), with its panic message.
+//! Replay the committed fuzz corpora (fuzz/corpus/walker/ and
+//! fuzz/corpus/gup/) through the fuzz targets' bodies, so `cargo test` keeps
+//! every input the fuzzer found interesting passing. Set
+//! `FUZZ_REPLAY=<file or directory>` (walker) or
+//! `FUZZ_REPLAY_GUP=<file or directory>` (gup) to replay something else
+//! instead (e.g. a crash artifact), with its panic message.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// The files at `path` (a file, or a directory's files in name order). A
+/// relative path that does not exist here (the test runs in tests/) is
+/// taken from the repository root, so `FUZZ_REPLAY=fuzz/artifacts/...`
+/// works from there.
 fn inputs(path: &Path) -> Vec<PathBuf> {
+    let rooted;
+    let path = if path.is_relative() && !path.exists() {
+        rooted = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        &rooted
+    } else {
+        path
+    };
     if path.is_file() {
         return vec![path.to_path_buf()];
     }
@@ -53,5 +66,39 @@ fn walker_corpus_replays() {
     );
     for (outcome, count) in &outcomes {
         println!("  {count:6}  {outcome}");
+    }
+}
+
+#[test]
+fn gup_corpus_replays() {
+    let path = match std::env::var_os("FUZZ_REPLAY_GUP") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/gup"),
+    };
+    let files = inputs(&path);
+    assert!(
+        !files.is_empty(),
+        "no fuzz inputs in {}: the corpus must be committed",
+        path.display()
+    );
+    let start = std::time::Instant::now();
+    let mut bytes = 0;
+    let mut outcomes = Vec::new();
+    for file in &files {
+        let data = fs::read(file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        bytes += data.len();
+        // Names the input if `run` panics (the panic message has the case).
+        eprintln!("replaying {}", file.display());
+        outcomes.push(integration_tests::fuzz_gup::run(&data));
+    }
+    println!(
+        "replayed {} gup fuzz inputs ({} bytes) from {} in {:.2?}; inputs exercising:",
+        files.len(),
+        bytes,
+        path.display(),
+        start.elapsed()
+    );
+    for (what, count) in integration_tests::fuzz_gup::histogram(&outcomes) {
+        println!("  {count:6}  {what}");
     }
 }
