@@ -488,12 +488,12 @@ fn dump_turns_holes_into_hole_extents() {
     let p = gup.pin(&phys, start, len, GET | DUMP).unwrap();
     assert_eq!(p.pages(), len / PAGE);
     assert_eq!(p.short_reason(), None);
-    let holes: Vec<_> = p.extents().iter().filter(|e| e.is_hole()).collect();
+    let holes: Vec<_> = p.extents().into_iter().filter(|e| e.is_hole()).collect();
     assert_eq!(holes.iter().map(|e| e.len).sum::<u64>(), 4 * MIB);
     assert!(holes
         .iter()
         .all(|e| e.host_ptr().is_none() && (RAM0..RAM0 + 4 * MIB).contains(&e.gpa)));
-    let ram: Vec<_> = p.extents().iter().filter(|e| !e.is_hole()).collect();
+    let ram: Vec<_> = p.extents().into_iter().filter(|e| !e.is_hole()).collect();
     assert_eq!(ram.len(), 2);
     assert_eq!((ram[0].gpa, ram[0].len), (start, 2 * PAGE));
     assert_eq!((ram[1].gpa, ram[1].len), (RAM0 + 4 * MIB, 2 * PAGE));

@@ -37,7 +37,7 @@ use crate::paging::{Access, FaultReason, Mapping, PageSize, PagingContext, Range
 
 use super::frames::Refused;
 use super::memmap::{MemoryMap, RamRegion, PAGE_SIZE};
-use super::pin::Builder;
+use super::pin::{Builder, FrameCursor};
 use super::stats::Fallback;
 
 /// Why the fast path stopped (at [`Builder::next`]); `None` if it took the
@@ -84,6 +84,7 @@ pub(crate) fn page_tables(
         map,
         b,
         cached: None,
+        cursor: None,
         need: if write { PTE_A | PTE_D } else { PTE_A },
         write,
         stop: None,
@@ -105,6 +106,8 @@ struct Fast<'m, 'b> {
     b: &'b mut Builder,
     /// The region of the previous page: most pages fall in the same one.
     cached: Option<&'m Arc<RamRegion>>,
+    /// Its frame counters, for runs of 4K leaves.
+    cursor: Option<FrameCursor>,
     /// A, and D for WRITE.
     need: u64,
     write: bool,
@@ -194,46 +197,74 @@ impl<'m> Fast<'m, '_> {
     /// Take the leaves of `run` until one is not perfect.
     #[inline(always)]
     fn take_run(&mut self, run: &PteRun<'m>) -> RunEnd {
+        let mut cur = self.cursor;
+        // Counted locally and handed over at the end (see take_4k).
+        let (mut bytes, mut pages) = (0u64, 0u64);
+        let mut stop = None;
         for i in run.lo..=run.hi {
             let e = run.entry(i);
             // Shuffled frames make the pin's RMW a cache miss: start
-            // fetching the counter of the entry 8 ahead now.
-            if i + 8 <= run.hi {
-                if let Some(r) = self.cached {
-                    let ahead = run.page(run.entry(i + 8));
-                    r.frames().prefetch(ahead.wrapping_sub(r.start()) >> 12);
+            // fetching the counter of the entry 16 ahead now.
+            if i + 16 <= run.hi {
+                if let Some(c) = &cur {
+                    c.prefetch(run.page(run.entry(i + 16)));
                 }
             }
-            let reason = if !run.accepts(e) {
+            if !run.accepts(e) {
                 // Not present, reserved bits or rights: the slow path will
                 // walk it again and report exactly what the CPU would.
-                if e & PTE_P == 0 {
+                stop = Some(if e & PTE_P == 0 {
                     Fallback::NotPresent
                 } else {
                     Fallback::Protection
-                }
-            } else if e & self.need != self.need {
-                Fallback::AccessedDirty
-            } else {
-                let va = run.va(i);
-                let len = (va | (PAGE_SIZE - 1)).min(run.last) - va + 1;
-                let gpa = run.page(e) | (va & (PAGE_SIZE - 1));
-                match self.region(gpa, len) {
-                    Err(reason) => reason,
-                    Ok(region) => match self.b.take(region, gpa, len, false) {
-                        Err(r) => refused(r),
-                        // Pin first, then recheck.
-                        Ok(()) if run.entry(i) == e => continue,
-                        Ok(()) => {
-                            self.b.untake_last(len);
-                            Fallback::LeafChanged
-                        }
-                    },
-                }
+                });
+                break;
+            }
+            if e & self.need != self.need {
+                stop = Some(Fallback::AccessedDirty);
+                break;
+            }
+            let va = run.va(i);
+            let len = (va | (PAGE_SIZE - 1)).min(run.last) - va + 1;
+            let page = run.page(e);
+            let gpa = page | (va & (PAGE_SIZE - 1));
+            let c = match cur {
+                Some(c) if c.covers(page) => c,
+                _ => match self.region(gpa, len) {
+                    Ok(region) => {
+                        let c = self.b.cursor(region);
+                        cur = Some(c);
+                        c
+                    }
+                    Err(reason) => {
+                        stop = Some(reason);
+                        break;
+                    }
+                },
             };
-            self.stop = Some(reason);
-            return RunEnd::Stop;
+            if let Err(r) = self.b.take_4k(&c, gpa, len) {
+                stop = Some(refused(r));
+                break;
+            }
+            bytes += len;
+            pages += 1;
+            // Pin first, then recheck.
+            if run.entry(i) != e {
+                self.b.count_4k(bytes, pages);
+                (bytes, pages) = (0, 0);
+                self.b.untake_last(len);
+                stop = Some(Fallback::LeafChanged);
+                break;
+            }
         }
-        RunEnd::Continue
+        self.b.count_4k(bytes, pages);
+        self.cursor = cur;
+        match stop {
+            None => RunEnd::Continue,
+            Some(reason) => {
+                self.stop = Some(reason);
+                RunEnd::Stop
+            }
+        }
     }
 }

@@ -329,6 +329,20 @@ where
     }
 }
 
+/// Hint the CPU to fetch the cache line of `word` (a hint only: it never
+/// faults, whatever the address).
+#[inline(always)]
+pub(crate) fn prefetch_word(word: *const AtomicU32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint; it has no architectural effect and
+    // never faults, even on an invalid address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(word.cast(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = word;
+}
+
 /// The counters of one RAM region.
 pub struct FrameTable {
     frames: Box<[AtomicU32]>,
@@ -394,16 +408,13 @@ impl FrameTable {
     #[inline(always)]
     pub fn prefetch(&self, i: u64) {
         if let Some(f) = self.frames.get(i as usize) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch is only a hint; it never faults and the
-            // address is that of a live element anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch(
-                    (f as *const AtomicU32).cast(),
-                    std::arch::x86_64::_MM_HINT_T0,
-                )
-            };
+            prefetch_word(f);
         }
+    }
+
+    /// Every frame word, in frame order.
+    pub fn frame_words(&self) -> &[AtomicU32] {
+        &self.frames
     }
 
     /// The words of frame `i` and of its block.

@@ -11,6 +11,7 @@
 //! frame's counter, a 2M or 1G leaf takes one counter per 2M block it
 //! touches.
 
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use super::error::GupError;
@@ -22,7 +23,7 @@ use super::longterm::Longterm;
 use super::memmap::{RamRegion, BLOCK_SIZE, PAGE_SIZE};
 use super::stats::GupStats;
 
-/// One contiguous piece of a request.
+/// One contiguous piece of a request (see [`Pinned::extents`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
     /// The address, as the request gave it (guest-virtual for page tables,
@@ -34,25 +35,22 @@ pub struct Extent {
     pub len: u64,
     /// Host address of the first byte; 0 for a hole.
     host: usize,
-    /// Index into [`Pinned`]'s regions; `u32::MAX` for a hole.
-    region: u32,
+    hole: bool,
     /// References are held per 2M block (a 2M/1G leaf), not per frame.
     blocks: bool,
 }
-
-const HOLE: u32 = u32::MAX;
 
 impl Extent {
     /// Whether this is a hole (DUMP): nothing is pinned, there is no host
     /// memory behind it.
     pub fn is_hole(&self) -> bool {
-        self.region == HOLE
+        self.hole
     }
 
     /// Host address of the first byte; `None` for a hole. Valid while the
     /// [`Pinned`] handle lives.
     pub fn host_ptr(&self) -> Option<*mut u8> {
-        (!self.is_hole()).then_some(self.host as *mut u8)
+        (!self.hole).then_some(self.host as *mut u8)
     }
 
     /// Whether the references are held per 2M block.
@@ -61,10 +59,109 @@ impl Extent {
     }
 }
 
+/// How an extent is stored: 16 bytes. With shuffled 4K frames every page is
+/// its own extent, so this is what the fast path writes per page and what
+/// the release reads back; the request address and the host address are
+/// recomputed when the extents are read ([`Extents`]).
+#[derive(Clone, Copy)]
+struct Raw {
+    gpa: u64,
+    /// Length (bits 0..40), region index (40..62, [`HOLE`] for a hole),
+    /// block references (bit 63).
+    meta: u64,
+}
+
+/// Region index of a hole.
+const HOLE: u32 = (1 << 22) - 1;
+const LEN_BITS: u32 = 40;
+/// Longest extent (merging stops before it).
+const MAX_LEN: u64 = (1 << LEN_BITS) - 1;
+const BLOCKS_BIT: u64 = 1 << 63;
+
+impl Raw {
+    #[inline(always)]
+    fn new(gpa: u64, len: u64, region: u32, blocks: bool) -> Raw {
+        debug_assert!(len <= MAX_LEN && region <= HOLE);
+        Raw {
+            gpa,
+            meta: len | (u64::from(region) << LEN_BITS) | if blocks { BLOCKS_BIT } else { 0 },
+        }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        self.meta & MAX_LEN
+    }
+
+    #[inline(always)]
+    fn region(&self) -> u32 {
+        ((self.meta >> LEN_BITS) as u32) & HOLE
+    }
+
+    #[inline(always)]
+    fn blocks(&self) -> bool {
+        self.meta & BLOCKS_BIT != 0
+    }
+
+    #[inline(always)]
+    fn is_hole(&self) -> bool {
+        self.region() == HOLE
+    }
+
+    /// Grow by `len` if the result still fits.
+    #[inline(always)]
+    fn grow(&mut self, len: u64) -> bool {
+        if self.len() + len > MAX_LEN {
+            return false;
+        }
+        self.meta += len;
+        true
+    }
+
+    #[inline(always)]
+    fn shrink(&mut self, len: u64) {
+        self.meta -= len;
+    }
+}
+
+/// The extents of a [`Pinned`], in request order.
+pub struct Extents<'a> {
+    pinned: &'a Pinned,
+    next: usize,
+    addr: u64,
+}
+
+impl Iterator for Extents<'_> {
+    type Item = Extent;
+
+    fn next(&mut self) -> Option<Extent> {
+        let raw = *self.pinned.extents.get(self.next)?;
+        self.next += 1;
+        let addr = self.addr;
+        self.addr += raw.len();
+        let region = self.pinned.regions.get(raw.region() as usize);
+        Some(Extent {
+            addr,
+            gpa: raw.gpa,
+            len: raw.len(),
+            host: region.map_or(0, |r| r.host_addr(raw.gpa)),
+            hole: raw.is_hole(),
+            blocks: raw.blocks(),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.pinned.extents.len() - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Extents<'_> {}
+
 /// Pinned (or referenced) guest pages. Dropping it releases them.
 pub struct Pinned {
     regions: Vec<Arc<RamRegion>>,
-    extents: Vec<Extent>,
+    extents: Vec<Raw>,
     start: u64,
     bytes: u64,
     pin: bool,
@@ -108,9 +205,24 @@ impl Pinned {
         self.bytes
     }
 
-    /// The extents, in request order.
-    pub fn extents(&self) -> &[Extent] {
-        &self.extents
+    /// The extents, in request order, tiling `[start, start + bytes())`,
+    /// without allocating.
+    pub fn iter_extents(&self) -> Extents<'_> {
+        Extents {
+            pinned: self,
+            next: 0,
+            addr: self.start,
+        }
+    }
+
+    /// The extents, in request order, collected.
+    pub fn extents(&self) -> Vec<Extent> {
+        self.iter_extents().collect()
+    }
+
+    /// Number of extents.
+    pub fn extent_count(&self) -> usize {
+        self.extents.len()
     }
 
     /// Why the request stopped short, if it did.
@@ -130,8 +242,7 @@ impl Pinned {
 
     /// The extents as iovecs for preadv/pwritev; `None` if there is a hole.
     pub fn iovecs(&self) -> Option<Vec<libc::iovec>> {
-        self.extents
-            .iter()
+        self.iter_extents()
             .map(|e| {
                 e.host_ptr().map(|p| libc::iovec {
                     iov_base: p.cast(),
@@ -153,21 +264,39 @@ impl Drop for Pinned {
             // DirtyBitmap::mark_after_fence).
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         }
+        // The region of the previous extent, resolved once per region.
+        let mut cur: Option<(u32, &RamRegion, &[AtomicU32])> = None;
         for e in &self.extents {
-            let Some(region) = self.regions.get(e.region as usize) else {
-                continue;
+            let ri = e.region();
+            let (region, words) = match cur {
+                Some((r, region, words)) if r == ri => (region, words),
+                _ => match self.regions.get(ri as usize) {
+                    Some(region) => {
+                        let words = region.frames().frame_words();
+                        cur = Some((ri, region, words));
+                        (&**region, words)
+                    }
+                    None => continue, // a hole
+                },
             };
+            let (gpa, len) = (e.gpa, e.len());
             // Guarantee 4: the device's writes are recorded in the dirty
             // bitmap before the frame can be frozen, discarded or migrated.
             if self.write {
-                region.mark_dirty_after_fence(e.gpa, e.len);
+                region.mark_dirty_after_fence(gpa, len);
             }
-            release_units(region, e, delta);
+            // The common case (shuffled 4K frames): one frame, one RMW.
+            let single = !e.blocks() && (gpa % PAGE_SIZE) + len <= PAGE_SIZE;
+            let first = (gpa - region.start()) / PAGE_SIZE;
+            match words.get(first as usize) {
+                Some(word) if single => release_frame(word, delta),
+                _ => release_units(region, gpa, len, e.blocks(), delta),
+            }
         }
         if let Some(lt) = &self.longterm {
             for e in &self.extents {
-                if let Some(region) = self.regions.get(e.region as usize) {
-                    lt.release(region, e.gpa, e.len);
+                if let Some(region) = self.regions.get(e.region() as usize) {
+                    lt.release(region, e.gpa, e.len());
                 }
             }
         }
@@ -200,10 +329,10 @@ fn units(region: &RamRegion, gpa: u64, len: u64, blocks: bool) -> std::ops::Rang
     }
 }
 
-fn release_units(region: &RamRegion, e: &Extent, delta: u32) {
+fn release_units(region: &RamRegion, gpa: u64, len: u64, blocks: bool, delta: u32) {
     let ft = region.frames();
-    for u in units(region, e.gpa, e.len, e.blocks) {
-        if e.blocks {
+    for u in units(region, gpa, len, blocks) {
+        if blocks {
             if let Some(b) = ft.block(u) {
                 release_block(b, u64::from(delta));
             }
@@ -213,10 +342,39 @@ fn release_units(region: &RamRegion, e: &Extent, delta: u32) {
     }
 }
 
+/// One region's frame counters and host base, resolved once for the fast
+/// path's hot loop over runs of 4K leaves (see [`Builder::cursor`]).
+#[derive(Clone, Copy)]
+pub(crate) struct FrameCursor {
+    start: u64,
+    len: u64,
+    /// The region's frame words; valid while the builder that made the
+    /// cursor lives (it holds the region's `Arc`).
+    frames: *const AtomicU32,
+    region: u32,
+}
+
+impl FrameCursor {
+    /// Whether the 4K page at `page` (page aligned) lies in the region.
+    #[inline(always)]
+    pub(crate) fn covers(&self, page: u64) -> bool {
+        page.wrapping_sub(self.start) < self.len
+    }
+
+    /// Hint the CPU to fetch the counter of the page at `page`, if covered.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, page: u64) {
+        if self.covers(page) {
+            let i = ((page - self.start) / PAGE_SIZE) as usize;
+            super::frames::prefetch_word(self.frames.wrapping_add(i));
+        }
+    }
+}
+
 /// Accumulates the extents of one request, taking references as it goes.
 pub(crate) struct Builder {
     regions: Vec<Arc<RamRegion>>,
-    extents: Vec<Extent>,
+    extents: Vec<Raw>,
     start: u64,
     /// Bytes taken so far (the next address is `start + bytes`).
     bytes: u64,
@@ -262,11 +420,60 @@ impl Builder {
             Some(i) => i,
             None => {
                 self.regions.push(region.clone());
-                self.regions.len() - 1
+                // A memory map has far fewer than 2^22 - 1 regions.
+                (self.regions.len() - 1).min(HOLE as usize - 1)
             }
         };
         self.last = i as u32;
         self.last
+    }
+
+    /// A cursor over `region`'s frames for [`Builder::take_4k`].
+    pub(crate) fn cursor(&mut self, region: &Arc<RamRegion>) -> FrameCursor {
+        let ri = self.region_index(region);
+        let ft = region.frames();
+        FrameCursor {
+            start: region.start(),
+            len: ft.frames() * PAGE_SIZE,
+            frames: ft.frame_words().as_ptr(),
+            region: ri,
+        }
+    }
+
+    /// Take the 4K frame of the page piece `[gpa, gpa + len)` (inside one
+    /// page, which `c.covers`), mapped at the next request address once the
+    /// bytes of earlier `take_4k` calls are counted: the fast path's hot
+    /// loop counts bytes and pages itself and hands them over with
+    /// [`Builder::count_4k`], so that the loop stores as little as possible
+    /// before each pin's locked RMW (which waits for every earlier store).
+    #[inline(always)]
+    pub(crate) fn take_4k(&mut self, c: &FrameCursor, gpa: u64, len: u64) -> Result<(), Refused> {
+        debug_assert!(c.covers(gpa & !(PAGE_SIZE - 1)));
+        let i = ((gpa - c.start) / PAGE_SIZE) as usize;
+        // SAFETY: `c` was made by `cursor` from a region whose `Arc` this
+        // builder holds in `self.regions` until it is dropped (the frame
+        // table's boxed slice never moves), and `i` is below the region's
+        // frame count because the caller checked `c.covers(page)`.
+        let frame = unsafe { &*c.frames.add(i) };
+        take_frame(frame, self.delta)?;
+        if let Some(prev) = self.extents.last_mut() {
+            if prev.region() == c.region
+                && !prev.blocks()
+                && prev.gpa + prev.len() == gpa
+                && prev.grow(len)
+            {
+                return Ok(());
+            }
+        }
+        self.extents.push(Raw::new(gpa, len, c.region, false));
+        Ok(())
+    }
+
+    /// Count `bytes` in `pages` 4K pages taken by [`Builder::take_4k`].
+    #[inline(always)]
+    pub(crate) fn count_4k(&mut self, bytes: u64, pages: u64) {
+        self.bytes += bytes;
+        self.pages_pinned += pages;
     }
 
     /// Take references for `[gpa, gpa + len)` of `region`, mapped at the
@@ -355,32 +562,21 @@ impl Builder {
     fn push(&mut self, region: &Arc<RamRegion>, gpa: u64, len: u64, blocks: bool) {
         let ri = self.region_index(region);
         let addr = self.next();
-        let host = region.host_addr(gpa);
+        self.bytes += len;
+        self.pages_pinned += pages_spanned(addr, len);
         if let Some(prev) = self.extents.last_mut() {
             // Merge only where the references cannot overlap: frames are
             // distinct when guest-physically contiguous; blocks only when
             // the boundary is a block boundary of the region.
-            let contiguous = prev.region == ri
-                && prev.blocks == blocks
-                && prev.gpa + prev.len == gpa
+            let contiguous = prev.region() == ri
+                && prev.blocks() == blocks
+                && prev.gpa + prev.len() == gpa
                 && (!blocks || (gpa - region.start()) % BLOCK_SIZE == 0);
-            if contiguous {
-                prev.len += len;
-                self.bytes += len;
-                self.pages_pinned += pages_spanned(addr, len);
+            if contiguous && prev.grow(len) {
                 return;
             }
         }
-        self.extents.push(Extent {
-            addr,
-            gpa,
-            len,
-            host,
-            region: ri,
-            blocks,
-        });
-        self.bytes += len;
-        self.pages_pinned += pages_spanned(addr, len);
+        self.extents.push(Raw::new(gpa, len, ri, blocks));
     }
 
     /// Undo the last [`Builder::take`] of `len` bytes (the leaf changed
@@ -389,23 +585,18 @@ impl Builder {
         let Some(e) = self.extents.last_mut() else {
             return;
         };
-        let Some(region) = self.regions.get(e.region as usize).cloned() else {
+        let Some(region) = self.regions.get(e.region() as usize).cloned() else {
             return;
         };
-        let gpa = e.gpa + e.len - len;
-        let part = Extent {
-            addr: e.addr + e.len - len,
-            gpa,
-            len,
-            ..*e
-        };
-        release_units(&region, &part, self.delta);
-        e.len -= len;
-        if e.len == 0 {
+        let gpa = e.gpa + e.len() - len;
+        release_units(&region, gpa, len, e.blocks(), self.delta);
+        e.shrink(len);
+        if e.len() == 0 {
             self.extents.pop();
         }
+        let addr = self.next() - len;
         self.bytes -= len;
-        self.pages_pinned -= pages_spanned(part.addr, len);
+        self.pages_pinned -= pages_spanned(addr, len);
     }
 
     /// Give back everything taken after the first `bytes` bytes.
@@ -415,27 +606,19 @@ impl Builder {
                 return;
             };
             if last.is_hole() {
-                let len = last.len;
+                let len = last.len();
                 self.extents.pop();
                 self.bytes -= len;
                 continue;
             }
-            let len = last.len.min(self.bytes - bytes);
+            let len = last.len().min(self.bytes - bytes);
             self.untake_last(len);
         }
     }
 
     /// Record a hole (DUMP) of `len` bytes.
     pub(crate) fn hole(&mut self, gpa: u64, len: u64) {
-        let addr = self.next();
-        self.extents.push(Extent {
-            addr,
-            gpa,
-            len,
-            host: 0,
-            region: HOLE,
-            blocks: false,
-        });
+        self.extents.push(Raw::new(gpa, len, HOLE, false));
         self.bytes += len;
     }
 
@@ -476,8 +659,8 @@ impl Drop for Builder {
     /// request) still releases what it took.
     fn drop(&mut self) {
         for e in &self.extents {
-            if let Some(region) = self.regions.get(e.region as usize) {
-                release_units(region, e, self.delta);
+            if let Some(region) = self.regions.get(e.region() as usize) {
+                release_units(region, e.gpa, e.len(), e.blocks(), self.delta);
             }
         }
     }
