@@ -224,10 +224,16 @@ impl<'m> Fast<'m, '_> {
                 stop = Some(Fallback::AccessedDirty);
                 break;
             }
-            let va = run.va(i);
-            let len = (va | (PAGE_SIZE - 1)).min(run.last) - va + 1;
-            let page = run.page(e);
-            let gpa = page | (va & (PAGE_SIZE - 1));
+            // Only the run's first and last pages can be partial.
+            let (gpa, len, page) = if i != run.lo && i != run.hi {
+                let page = run.page(e);
+                (page, PAGE_SIZE, page)
+            } else {
+                let va = run.va(i);
+                let page = run.page(e);
+                let len = (va | (PAGE_SIZE - 1)).min(run.last) - va + 1;
+                (page | (va & (PAGE_SIZE - 1)), len, page)
+            };
             let c = match cur {
                 Some(c) if c.covers(page) => c,
                 _ => match self.region(gpa, len) {
