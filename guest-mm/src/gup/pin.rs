@@ -266,7 +266,20 @@ impl Drop for Pinned {
         }
         // The region of the previous extent, resolved once per region.
         let mut cur: Option<(u32, &RamRegion, &[AtomicU32])> = None;
+        // `meta` bits (region, blocks) of a 4K-frame extent of `cur`.
+        let mut key = u64::MAX;
         for e in &self.extents {
+            let (gpa, len) = (e.gpa, e.len());
+            // The hot case (a read pin of one 4K frame of the current
+            // region): one compare, one RMW.
+            if !self.write && e.meta & !MAX_LEN == key && (gpa % PAGE_SIZE) + len <= PAGE_SIZE {
+                if let Some((_, region, words)) = cur {
+                    if let Some(word) = words.get(((gpa - region.start()) / PAGE_SIZE) as usize) {
+                        release_frame(word, delta);
+                        continue;
+                    }
+                }
+            }
             let ri = e.region();
             let (region, words) = match cur {
                 Some((r, region, words)) if r == ri => (region, words),
@@ -274,18 +287,17 @@ impl Drop for Pinned {
                     Some(region) => {
                         let words = region.frames().frame_words();
                         cur = Some((ri, region, words));
+                        key = u64::from(ri) << LEN_BITS;
                         (&**region, words)
                     }
                     None => continue, // a hole
                 },
             };
-            let (gpa, len) = (e.gpa, e.len());
             // Guarantee 4: the device's writes are recorded in the dirty
             // bitmap before the frame can be frozen, discarded or migrated.
             if self.write {
                 region.mark_dirty_after_fence(gpa, len);
             }
-            // The common case (shuffled 4K frames): one frame, one RMW.
             let single = !e.blocks() && (gpa % PAGE_SIZE) + len <= PAGE_SIZE;
             let first = (gpa - region.start()) / PAGE_SIZE;
             match words.get(first as usize) {
