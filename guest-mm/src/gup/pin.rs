@@ -135,28 +135,35 @@ impl Iterator for Extents<'_> {
     type Item = Extent;
 
     fn next(&mut self) -> Option<Extent> {
-        let raw = *self.pinned.extents.get(self.next)?;
+        let raws = &self.pinned.extents;
+        let raw = *raws.get(self.next)?;
         self.next += 1;
+        let mut len = raw.len();
+        // The fast path appends one entry per 4K frame; frames that are
+        // guest-physically contiguous in one region form one extent (their
+        // references are distinct frames, so nothing overlaps).
+        if !raw.is_hole() && !raw.blocks() {
+            while let Some(more) = raws.get(self.next) {
+                if more.region() != raw.region() || more.blocks() || more.gpa != raw.gpa + len {
+                    break;
+                }
+                len += more.len();
+                self.next += 1;
+            }
+        }
         let addr = self.addr;
-        self.addr += raw.len();
+        self.addr += len;
         let region = self.pinned.regions.get(raw.region() as usize);
         Some(Extent {
             addr,
             gpa: raw.gpa,
-            len: raw.len(),
+            len,
             host: region.map_or(0, |r| r.host_addr(raw.gpa)),
             hole: raw.is_hole(),
             blocks: raw.blocks(),
         })
     }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.pinned.extents.len() - self.next;
-        (n, Some(n))
-    }
 }
-
-impl ExactSizeIterator for Extents<'_> {}
 
 /// Pinned (or referenced) guest pages. Dropping it releases them.
 pub struct Pinned {
@@ -220,9 +227,9 @@ impl Pinned {
         self.iter_extents().collect()
     }
 
-    /// Number of extents.
+    /// Number of extents (counting them).
     pub fn extent_count(&self) -> usize {
-        self.extents.len()
+        self.iter_extents().count()
     }
 
     /// Why the request stopped short, if it did.
@@ -468,15 +475,8 @@ impl Builder {
         // frame count because the caller checked `c.covers(page)`.
         let frame = unsafe { &*c.frames.add(i) };
         take_frame(frame, self.delta)?;
-        if let Some(prev) = self.extents.last_mut() {
-            if prev.region() == c.region
-                && !prev.blocks()
-                && prev.gpa + prev.len() == gpa
-                && prev.grow(len)
-            {
-                return Ok(());
-            }
-        }
+        // No merging here: [`Extents`] merges guest-physically contiguous
+        // frames when the extents are read, so the hot loop only appends.
         self.extents.push(Raw::new(gpa, len, c.region, false));
         Ok(())
     }
