@@ -165,25 +165,67 @@ pub enum Refused {
     Busy,
 }
 
-/// Take a reference of `delta` (1 for get, [`PIN_BIAS`] for pin) on a
-/// frame word, unless it is frozen or unpopulated.
+/// Whether a reference may be kept, given the word's value before the add:
+/// not frozen, not unpopulated (where `unpopulated` is a flag to refuse),
+/// and below the reference limit. One decision for frame and block words.
+#[inline(always)]
+fn admit(old: u64, frozen: u64, unpopulated: u64, refs: u64, limit: u64) -> Result<(), Refused> {
+    // The common case first, in one test.
+    if old & (frozen | unpopulated) == 0 && old & refs < limit {
+        Ok(())
+    } else if old & frozen != 0 {
+        Err(Refused::Frozen)
+    } else if old & unpopulated != 0 {
+        Err(Refused::NotPopulated)
+    } else {
+        Err(Refused::Overflow)
+    }
+}
+
+/// Add `delta` to a frame word and keep it if `admit` says so; else undo.
 ///
 /// SeqCst: the caller re-reads the guest's leaf entry after this returns
 /// (pin, then recheck); the add must be globally visible before that read.
+#[inline(always)]
+fn take_frame_refusing<W: AtomicWord<V = u32>>(
+    frame: &W,
+    delta: u32,
+    unpopulated: u32,
+) -> Result<(), Refused> {
+    let old = frame.fetch_add(delta, Ordering::SeqCst);
+    let ok = admit(
+        u64::from(old),
+        u64::from(FRAME_FROZEN),
+        u64::from(unpopulated),
+        u64::from(FRAME_REFS),
+        u64::from(FRAME_REF_LIMIT),
+    );
+    if ok.is_err() {
+        frame.fetch_sub(delta, Ordering::SeqCst);
+    }
+    ok
+}
+
+/// Add `delta` to a block word and keep it if `admit` says so; else undo.
+#[inline(always)]
+fn take_block_refusing<W: AtomicWord<V = u64>>(
+    block: &W,
+    delta: u64,
+    unpopulated: u64,
+) -> Result<(), Refused> {
+    let old = block.fetch_add(delta, Ordering::SeqCst);
+    let ok = admit(old, BLOCK_FROZEN, unpopulated, BLOCK_REFS, BLOCK_REF_LIMIT);
+    if ok.is_err() {
+        block.fetch_sub(delta, Ordering::SeqCst);
+    }
+    ok
+}
+
+/// Take a reference of `delta` (1 for get, [`PIN_BIAS`] for pin) on a
+/// frame word, unless it is frozen or unpopulated.
 #[inline]
 pub fn take_frame<W: AtomicWord<V = u32>>(frame: &W, delta: u32) -> Result<(), Refused> {
-    let old = frame.fetch_add(delta, Ordering::SeqCst);
-    if old & (FRAME_FROZEN | FRAME_UNPOPULATED) == 0 && (old & FRAME_REFS) < FRAME_REF_LIMIT {
-        return Ok(());
-    }
-    frame.fetch_sub(delta, Ordering::SeqCst);
-    Err(if old & FRAME_FROZEN != 0 {
-        Refused::Frozen
-    } else if old & FRAME_UNPOPULATED != 0 {
-        Refused::NotPopulated
-    } else {
-        Refused::Overflow
-    })
+    take_frame_refusing(frame, delta, FRAME_UNPOPULATED)
 }
 
 /// [`take_frame`] for the slow path's populate step: refuses a frozen frame
@@ -196,16 +238,7 @@ pub fn take_frame_unpopulated<W: AtomicWord<V = u32>>(
     frame: &W,
     delta: u32,
 ) -> Result<(), Refused> {
-    let old = frame.fetch_add(delta, Ordering::SeqCst);
-    if old & FRAME_FROZEN == 0 && (old & FRAME_REFS) < FRAME_REF_LIMIT {
-        return Ok(());
-    }
-    frame.fetch_sub(delta, Ordering::SeqCst);
-    Err(if old & FRAME_FROZEN != 0 {
-        Refused::Frozen
-    } else {
-        Refused::Overflow
-    })
+    take_frame_refusing(frame, delta, 0)
 }
 
 /// Drop a reference taken by [`take_frame`].
@@ -221,18 +254,7 @@ pub fn release_frame<W: AtomicWord<V = u32>>(frame: &W, delta: u32) {
 /// is frozen or unpopulated.
 #[inline]
 pub fn take_block<W: AtomicWord<V = u64>>(block: &W, delta: u64) -> Result<(), Refused> {
-    let old = block.fetch_add(delta, Ordering::SeqCst);
-    if old & (BLOCK_FROZEN | BLOCK_UNPOPULATED) == 0 && (old & BLOCK_REFS) < BLOCK_REF_LIMIT {
-        return Ok(());
-    }
-    block.fetch_sub(delta, Ordering::SeqCst);
-    Err(if old & BLOCK_FROZEN != 0 {
-        Refused::Frozen
-    } else if old & BLOCK_UNPOPULATED != 0 {
-        Refused::NotPopulated
-    } else {
-        Refused::Overflow
-    })
+    take_block_refusing(block, delta, BLOCK_UNPOPULATED)
 }
 
 /// [`take_block`] for the populate step (see [`take_frame_unpopulated`]).
@@ -241,16 +263,7 @@ pub fn take_block_unpopulated<W: AtomicWord<V = u64>>(
     block: &W,
     delta: u64,
 ) -> Result<(), Refused> {
-    let old = block.fetch_add(delta, Ordering::SeqCst);
-    if old & BLOCK_FROZEN == 0 && (old & BLOCK_REFS) < BLOCK_REF_LIMIT {
-        return Ok(());
-    }
-    block.fetch_sub(delta, Ordering::SeqCst);
-    Err(if old & BLOCK_FROZEN != 0 {
-        Refused::Frozen
-    } else {
-        Refused::Overflow
-    })
+    take_block_refusing(block, delta, 0)
 }
 
 /// Drop a reference taken by [`take_block`].

@@ -499,16 +499,6 @@ impl Builder {
         len: u64,
         large: bool,
     ) -> Result<(), Refused> {
-        // The common case, one 4K frame: one RMW, no loop.
-        if !large && (gpa % PAGE_SIZE) + len <= PAGE_SIZE {
-            let f = region
-                .frames()
-                .frame(region.frame_index(gpa))
-                .ok_or(Refused::Busy)?;
-            take_frame(f, self.delta)?;
-            self.push(region, gpa, len, false);
-            return Ok(());
-        }
         self.take_units(region, gpa, len, large, false)
     }
 
