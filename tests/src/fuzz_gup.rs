@@ -137,6 +137,8 @@ pub struct Outcome {
     /// Named events that happened (e.g. "fast hit", "hole", "block pin",
     /// "err Again", "remove busy").
     pub tags: BTreeSet<&'static str>,
+    /// The case as decoded and what each operation returned.
+    pub log: String,
 }
 
 /// Decode `data` into a case, run it, check every invariant. Panics, with
@@ -154,6 +156,7 @@ pub fn run(data: &[u8]) -> Outcome {
     Outcome {
         mode: Some(h.mode),
         tags: std::mem::take(&mut h.tags),
+        log: std::mem::take(&mut h.log),
     }
 }
 
@@ -194,9 +197,10 @@ impl Layout {
         let s0 = 256 * 1024 * (1 + u64::from(b0 % 16)) + PAGE * u64::from((b0 >> 4) % 4);
         // Region 1: after a gap, maybe not 2M-aligned (its blocks then
         // straddle the guest's 2M pages).
+        const SKEW: [u64; 8] = [0, 1, 2, 3, 255, 256, 511, 0];
         let start1 = s0.div_ceil(MIB) * MIB
             + MIB * (1 + u64::from(b1 % 3))
-            + PAGE * u64::from((b1 >> 2) % 4);
+            + PAGE * SKEW[usize::from((b1 >> 2) % 4) + 4 * usize::from(opts >> 15)];
         let s1 = 256 * 1024 * (1 + u64::from((b1 >> 4) % 16)) + PAGE * u64::from(b2 % 4);
         let mut regions = vec![(0, s0, opt(0)), (start1, s1, opt(1))];
         let end1 = start1 + s1;
@@ -880,7 +884,8 @@ impl Harness {
                     self.drop_held(i);
                 }
             }
-            7 | 8 => self.op_map(inp),
+            7 => self.op_map(inp),
+            8 => self.op_map_range(inp),
             9 => self.op_modify(inp),
             10 => self.op_raw(inp),
             11 => self.op_discard(inp),
@@ -929,6 +934,57 @@ impl Harness {
         let map = self.map();
         self.tables
             .map(map.memory(), va, level, leaf, nonleaf, lb & 0x20 != 0);
+    }
+
+    /// Map a run of leaves of one size from a window address: to
+    /// contiguous, aliased, descending or interleaved guest pages.
+    fn op_map_range(&mut self, inp: &mut Input) {
+        let va = self.window_va(inp);
+        let lb = inp.u8();
+        let geo = self.tables.geo;
+        let level = match lb % 4 {
+            0 | 1 => 1,
+            l => l,
+        };
+        let level = if level > 1 && !geo.large_ok(level) {
+            1
+        } else {
+            level
+        };
+        let size = if level == 1 {
+            PAGE
+        } else {
+            1u64 << geo.split(level).0
+        };
+        let count = 1 + u64::from(inp.u8()) % if level == 1 { 64 } else { 8 };
+        let (b, k) = (inp.u8(), inp.u16());
+        let target = self.layout.pick_gpa(b, k);
+        let flags = entry_flags(inp, geo.width() == 8);
+        let pattern = (lb >> 2) % 4;
+        let _ = writeln!(
+            self.log,
+            "map range va {va:#x} level {level} x{count} target {target:#x} flags {flags:#x} \
+             pattern {pattern}"
+        );
+        let map = self.map();
+        let va = va & !(size - 1);
+        for i in 0..count {
+            let t = match pattern {
+                0 => target.wrapping_add(i * size),
+                1 => target,
+                2 => target.wrapping_sub(i * size),
+                _ => target.wrapping_add((i * 5 % count) * size),
+            };
+            let leaf = geo.leaf(level, t, flags);
+            self.tables.map(
+                map.memory(),
+                va.wrapping_add(i * size),
+                level,
+                leaf,
+                0x27,
+                false,
+            );
+        }
     }
 
     fn op_modify(&mut self, inp: &mut Input) {

@@ -71,7 +71,9 @@ fn walker_corpus_replays() {
 
 #[test]
 fn gup_corpus_replays() {
-    let path = match std::env::var_os("FUZZ_REPLAY_GUP") {
+    // Replaying chosen inputs also prints each case's log.
+    let chosen = std::env::var_os("FUZZ_REPLAY_GUP");
+    let path = match &chosen {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/gup"),
     };
@@ -89,7 +91,11 @@ fn gup_corpus_replays() {
         bytes += data.len();
         // Names the input if `run` panics (the panic message has the case).
         eprintln!("replaying {}", file.display());
-        outcomes.push(integration_tests::fuzz_gup::run(&data));
+        let outcome = integration_tests::fuzz_gup::run(&data);
+        if chosen.is_some() {
+            println!("--- {} ---\n{}", file.display(), outcome.log);
+        }
+        outcomes.push(outcome);
     }
     println!(
         "replayed {} gup fuzz inputs ({} bytes) from {} in {:.2?}; inputs exercising:",
