@@ -15,8 +15,8 @@ mod common;
 use common::*;
 use guest_mm::gup::{AddressSpace, Gup, GupError, GupFlags, RegionOptions};
 use guest_mm::paging::context::{
-    CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PKS, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE,
-    RFLAGS_AC,
+    CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PKE, CR4_PKS, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_LME,
+    EFER_NXE, RFLAGS_AC,
 };
 use guest_mm::paging::{translate, Access, AccessKind, PagingContext, PagingMode, Privilege};
 
@@ -56,11 +56,11 @@ fn upper_flags(rng: &mut Rng) -> u64 {
     f
 }
 
-/// Page tables for [0, SPAN): returns CR3.
-fn build(gup: &Gup, rng: &mut Rng) -> u64 {
+/// Page tables of `mode` for [0, SPAN): returns CR3.
+fn build(gup: &Gup, rng: &mut Rng, mode: PagingMode) -> u64 {
     let map = gup.memory_map();
     let mem = map.memory();
-    let mut b = Builder::new(mem, PagingMode::Level4);
+    let mut b = Builder::new(mem, mode);
     b.table_flags = upper_flags(rng);
     let mut usual = 0;
     for i in 0..(SPAN >> 12) {
@@ -92,14 +92,22 @@ fn build(gup: &Gup, rng: &mut Rng) -> u64 {
     b.root
 }
 
-fn context(rng: &mut Rng, cr3: u64) -> PagingContext {
+fn context(rng: &mut Rng, cr3: u64, mode: PagingMode) -> PagingContext {
     let bit = |rng: &mut Rng, b: u64| if rng.chance(2) { b } else { 0 };
     let cr0 = CR0_PG | 1 | bit(rng, CR0_WP);
     let mut cr4 = CR4_PAE | bit(rng, CR4_SMEP) | bit(rng, CR4_SMAP);
     if rng.chance(4) {
         cr4 |= CR4_PKE | bit(rng, CR4_PKS);
     }
-    let efer = EFER_LME | EFER_LMA | bit(rng, EFER_NXE);
+    let mut efer = bit(rng, EFER_NXE);
+    match mode {
+        PagingMode::Pae => {}
+        PagingMode::Level5 => {
+            cr4 |= CR4_LA57;
+            efer |= EFER_LME | EFER_LMA;
+        }
+        _ => efer |= EFER_LME | EFER_LMA,
+    }
     PagingContext::new(cr0, cr3, cr4, efer)
         .with_maxphyaddr(46)
         .with_rflags(bit(rng, RFLAGS_AC))
@@ -138,11 +146,15 @@ fn fast_only_takes_exactly_what_the_walker_allows() {
     let trials = 20_000;
     let (mut pages_taken, mut full, mut empty, mut runs_checked) = (0u64, 0u64, 0u64, 0u64);
     let mut cr3 = 0;
+    let mut mode = PagingMode::Level4;
+    let mut by_mode = std::collections::BTreeMap::new();
     for trial in 0..trials {
         if trial % 50 == 0 {
-            cr3 = build(&gup, &mut rng);
+            // The bulk filter serves every mode with 8-byte entries.
+            mode = [PagingMode::Level4, PagingMode::Level5, PagingMode::Pae][(trial / 50) % 3];
+            cr3 = build(&gup, &mut rng, mode);
         }
-        let ctx = context(&mut rng, cr3);
+        let ctx = context(&mut rng, cr3, mode);
         let mut flags = GupFlags::PIN | GupFlags::FAST_ONLY;
         for f in [GupFlags::WRITE, GupFlags::USER, GupFlags::FORCE] {
             if rng.chance(2) {
@@ -188,6 +200,7 @@ fn fast_only_takes_exactly_what_the_walker_allows() {
         );
         if let Ok(p) = got {
             pages_taken += p.pages();
+            *by_mode.entry(format!("{mode:?}")).or_insert(0u64) += p.pages();
             for e in p.extents() {
                 // Every page piece of the extent translates as the extent says.
                 let mut off = 0;
@@ -212,7 +225,8 @@ fn fast_only_takes_exactly_what_the_walker_allows() {
         "full {full} empty {empty}: the mix is too one-sided"
     );
     eprintln!(
-        "fast path vs walker: {trials} requests, {pages_taken} pages taken, {runs_checked} pages \
-         re-translated, {full} complete, {empty} empty"
+        "fast path vs walker: {trials} requests, {pages_taken} pages taken {by_mode:?}, \
+         {runs_checked} pages re-translated, {full} complete, {empty} empty"
     );
+    assert_eq!(by_mode.len(), 3, "every mode took pages: {by_mode:?}");
 }
