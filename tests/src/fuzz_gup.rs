@@ -74,6 +74,8 @@ use guest_mm::paging::{
 };
 use vm_memory::{Bytes, GuestAddress, MmapRegion};
 
+use crate::fuzz_input::Input;
+
 const PAGE: u64 = PAGE_SIZE;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -94,41 +96,6 @@ const MAX_HANDLER_WRITES: usize = 8;
 /// Retries the slow path allows per page (`slow::MAX_RETRIES`) plus one.
 const RETRIES_FOR_AGAIN: u32 = 17;
 
-/// Reads the fuzz input; past the end every read is zero.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | u16::from(self.u8()) << 8
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | u32::from(self.u16()) << 16
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | u64::from(self.u32()) << 32
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    /// The next `n` bytes (zero-padded), consumed.
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u8()).collect()
-    }
-}
-
 /// What a case exercised, for the corpus replay's histogram.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
@@ -144,7 +111,7 @@ pub struct Outcome {
 /// Decode `data` into a case, run it, check every invariant. Panics, with
 /// the case's log, on any violation (or if the engine panics).
 pub fn run(data: &[u8]) -> Outcome {
-    let mut inp = Input { data, pos: 0 };
+    let mut inp = Input::new(data);
     let mut h = Harness::decode(&mut inp);
     let mut ops = 0;
     while !inp.is_empty() && ops < MAX_OPS {

@@ -40,6 +40,7 @@ use guest_mm::paging::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::fuzz_input::Input;
 use crate::ref_walker::{self, RefResult};
 
 const PAGE: u64 = 4096;
@@ -47,36 +48,6 @@ const PAGE: u64 = 4096;
 const MAX_PAGES: u64 = 16;
 /// Most entry-writing operations a case decodes.
 const MAX_OPS: usize = 48;
-
-/// Reads the fuzz input; past the end every read is zero.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | u16::from(self.u8()) << 8
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | u32::from(self.u16()) << 16
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | u64::from(self.u32()) << 32
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-}
 
 /// Guest RAM: regions (sorted, disjoint, 4 KiB aligned) and useful pages.
 #[derive(Debug)]
@@ -186,7 +157,7 @@ fn sign_extend(v: u64, bits: u32) -> u64 {
 
 impl Case {
     fn decode(data: &[u8]) -> Case {
-        let mut inp = Input { data, pos: 0 };
+        let mut inp = Input::new(data);
         let mode = match inp.u8() % 16 {
             0 => PagingMode::None,
             1..=3 => PagingMode::Bits32,

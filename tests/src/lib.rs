@@ -4,6 +4,7 @@
 //! Shared helpers for the cross-crate integration tests.
 
 pub mod fuzz_gup;
+mod fuzz_input;
 pub mod fuzz_walker;
 pub mod guest_exec;
 pub mod guest_report;
