@@ -9,11 +9,9 @@
 use std::fmt;
 
 use guest_mm::paging::{context, CpuFeatures, PagingContext, PagingMode};
-use kvm_bindings::{
-    kvm_segment, kvm_sregs, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-};
+use kvm_bindings::{kvm_segment, kvm_sregs, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Why a test VM could not be made.
 #[derive(Debug)]
@@ -121,23 +119,10 @@ impl TestVm {
         let vm = kvm.create_vm().map_err(|e| setup("KVM_CREATE_VM", e))?;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes)])
             .map_err(|e| VmError::Setup(format!("guest memory: {e}")))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|e| VmError::Setup(format!("host address: {e}")))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region is a live mmap owned by `mem`, which lives
-            // in the returned TestVm as long as the VM fd (fields drop in
-            // declaration order: vm and vcpu before mem).
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(|e| setup("KVM_SET_USER_MEMORY_REGION", e))?;
-        }
+        // The returned TestVm keeps `mem` as long as the VM fd (fields drop
+        // in declaration order: vm and vcpu before mem).
+        vmm::memory::register_slots(&vm, &mem)
+            .map_err(|e| VmError::Setup(format!("memory slots: {e}")))?;
         let vcpu = vm.create_vcpu(0).map_err(|e| setup("KVM_CREATE_VCPU", e))?;
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

@@ -72,7 +72,9 @@ pub fn create_with_gup(bytes: u64) -> Result<(Arc<Gup>, GuestMemoryMmap)> {
 }
 
 /// Registers every region of `mem` as a KVM memory slot (slot = index).
-pub fn register_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
+/// The caller must keep `mem` alive for as long as `vm` exists (declare the
+/// `VmFd` before the memory, so that the fd is closed first).
+pub fn register_slots<M: GuestMemoryBackend>(vm: &VmFd, mem: &M) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
@@ -84,10 +86,10 @@ pub fn register_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
-        // SAFETY: the region is a live mapping owned by `mem`, which the VM
-        // owner keeps alive (and unmodified in size) for as long as the VM
-        // fd exists: `Vm` declares its `VmFd` before its memory, so the fd
-        // is closed first.
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // caller keeps alive (and unmodified in size) for as long as the VM
+        // fd exists (see the doc comment; `Vm` declares its `VmFd` before
+        // its memory, so the fd is closed first).
         unsafe { vm.set_user_memory_region(r) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
