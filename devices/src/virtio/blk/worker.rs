@@ -1,0 +1,626 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The virtio-blk request path: take a chain from the available ring, pin
+//! its buffers, move the data between the backing file and the pinned host
+//! addresses, release the pins (write pins mark the dirty bitmap), write
+//! the status through a pin, and only then publish the used entry and
+//! maybe interrupt.
+//!
+//! [`BlockQueue::process`] is synchronous (tests and the fuzz target call
+//! it directly); [`spawn`] runs it on a worker thread woken by the queue's
+//! notification eventfd.
+//!
+//! Every byte the device reads or writes in guest memory for a request
+//! (header, data, ID, status) goes through a guest-mm pin of the
+//! guest-physical range; only the rings are accessed through vm-memory.
+
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use guest_mm::gup::{AddressSpace, CancelToken, GuestMemory, Gup, GupError, GupFlags, Pinned};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::disk::Disk;
+use super::request::{
+    classify, req_status, Chain, ChainError, Header, Op, Segment, Supported, HEADER_LEN, ID_LEN,
+    RANGE_LEN, SECTOR_SIZE,
+};
+use super::stats::{BlockStats, Done, ErrorClass};
+use crate::virtio::{Interrupt, INT_USED_RING};
+
+/// How often a pin that found frozen frames (a balloon at work) is retried
+/// before the request fails with IOERR.
+const PIN_RETRIES: u32 = 50;
+/// VRING_AVAIL_F_NO_INTERRUPT.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// One request queue of a virtio-blk device and everything it needs.
+pub struct BlockQueue {
+    /// Name in log lines (`virtio-blk0`).
+    pub name: String,
+    queue: Queue,
+    mem: GuestMemory,
+    gup: Arc<Gup>,
+    disk: Arc<Disk>,
+    interrupt: Arc<Interrupt>,
+    stats: Arc<BlockStats>,
+    id: [u8; ID_LEN as usize],
+    supported: Supported,
+    cancel: Arc<CancelToken>,
+    broken: bool,
+    iovs: Vec<libc::iovec>,
+    pins: Vec<Pinned>,
+}
+
+// SAFETY: the raw pointers in `iovs` are scratch space, only meaningful
+// while `pins` holds the pins during one request on the owning thread; the
+// vector is cleared before every use.
+unsafe impl Send for BlockQueue {}
+
+/// Why a request's buffers could not be used.
+struct Refused(ErrorClass, String);
+
+/// What a request completion writes.
+struct Completion {
+    status: u8,
+    /// Bytes written into guest memory (the used length), status included.
+    written: u32,
+}
+
+impl BlockQueue {
+    /// A queue ready to process (the transport validated its rings).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        queue: Queue,
+        mem: GuestMemory,
+        gup: Arc<Gup>,
+        disk: Arc<Disk>,
+        interrupt: Arc<Interrupt>,
+        stats: Arc<BlockStats>,
+        id: [u8; ID_LEN as usize],
+        supported: Supported,
+    ) -> Self {
+        BlockQueue {
+            name,
+            queue,
+            mem,
+            gup,
+            disk,
+            interrupt,
+            stats,
+            id,
+            supported,
+            cancel: Arc::new(CancelToken::new()),
+            broken: false,
+            iovs: Vec::new(),
+            pins: Vec::new(),
+        }
+    }
+
+    /// The token that cancels a pin waiting in the slow path (device reset).
+    pub fn cancel_token(&self) -> Arc<CancelToken> {
+        Arc::clone(&self.cancel)
+    }
+
+    /// Whether the ring was found corrupt (DEVICE_NEEDS_RESET is set and
+    /// the queue is no longer processed).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Processes every available chain, re-enabling notifications at the
+    /// end (and going on if more arrived meanwhile). Returns the number of
+    /// chains taken.
+    pub fn process(&mut self) -> usize {
+        let mut taken = 0;
+        while !self.broken {
+            if let Err(e) = self.queue.disable_notification(&self.mem) {
+                self.ring_error(format_args!("disabling notifications: {e}"));
+                break;
+            }
+            taken += self.drain();
+            match self.queue.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    self.ring_error(format_args!("enabling notifications: {e}"));
+                    break;
+                }
+            }
+        }
+        taken
+    }
+
+    /// Whether the driver made chains available that are not taken yet.
+    pub fn has_pending(&self) -> bool {
+        !self.broken
+            && self
+                .queue
+                .avail_idx(&self.mem, Ordering::Acquire)
+                .is_ok_and(|idx| idx.0 != self.queue.next_avail())
+    }
+
+    fn ring_error(&mut self, what: std::fmt::Arguments) {
+        self.stats.failed(&self.name, ErrorClass::Ring, what);
+        self.broken = true;
+        self.interrupt.set_needs_reset();
+    }
+
+    /// Takes the chains available now.
+    fn drain(&mut self) -> usize {
+        let mut taken = 0;
+        loop {
+            let mem = self.mem.clone();
+            let chain = match self.queue.iter(&mem) {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    self.ring_error(format_args!("available ring: {e}"));
+                    return taken;
+                }
+            };
+            let Some(chain) = chain else {
+                return taken;
+            };
+            taken += 1;
+            self.stats.request();
+            let head = chain.head_index();
+            let done = match Chain::from_descriptors(chain) {
+                Ok(c) => self.execute(&c),
+                Err(e) => {
+                    self.stats.failed(
+                        &self.name,
+                        ErrorClass::Malformed,
+                        format_args!(
+                            "chain {head}: {}",
+                            match e {
+                                ChainError::Truncated =>
+                                    "loops, names a descriptor outside its table, or has a bad indirect table",
+                                ChainError::ReadableAfterWritable =>
+                                    "a device-readable descriptor after a device-writable one",
+                            }
+                        ),
+                    );
+                    0
+                }
+            };
+            if let Err(e) = self.queue.add_used(&self.mem, head, done) {
+                // Only a head index outside the queue gets here (the used
+                // ring was checked at activation): nothing to give back.
+                self.stats.failed(
+                    &self.name,
+                    ErrorClass::Malformed,
+                    format_args!("chain head {head}: cannot complete: {e}"),
+                );
+                continue;
+            }
+            self.notify();
+        }
+    }
+
+    fn notify(&mut self) {
+        let needed = self.queue.needs_notification(&self.mem).unwrap_or(true);
+        // Without EVENT_IDX the driver may still ask for no interrupts.
+        let suppressed = !self.queue.event_idx_enabled()
+            && self
+                .mem
+                .load::<u16>(GuestAddress(self.queue.avail_ring()), Ordering::Acquire)
+                .is_ok_and(|f| u16::from_le(f) & AVAIL_F_NO_INTERRUPT != 0);
+        if needed && !suppressed {
+            self.stats.interrupt();
+            self.interrupt.trigger(INT_USED_RING);
+        }
+    }
+
+    /// Runs one chain; returns the used length.
+    fn execute(&mut self, chain: &Chain) -> u32 {
+        let Some(status_addr) = chain.status_addr() else {
+            self.stats.failed(
+                &self.name,
+                ErrorClass::NoStatus,
+                format_args!("no device-writable status byte"),
+            );
+            return 0;
+        };
+        let header = match chain.header_segments() {
+            Some(segs) => {
+                let mut bytes = [0u8; HEADER_LEN as usize];
+                match self.copy_guest(&segs, &mut bytes, false) {
+                    Ok(()) => Some(Header::decode(&bytes)),
+                    Err(Refused(class, why)) => {
+                        self.stats
+                            .failed(&self.name, class, format_args!("request header: {why}"));
+                        return self.finish(status_addr, req_status::IOERR, 0);
+                    }
+                }
+            }
+            None => None,
+        };
+        let Some(header) = header else {
+            self.stats.failed(
+                &self.name,
+                ErrorClass::Malformed,
+                format_args!("fewer than {HEADER_LEN} device-readable header bytes"),
+            );
+            return self.finish(status_addr, req_status::IOERR, 0);
+        };
+        let req = classify(
+            chain,
+            status_addr,
+            header,
+            self.disk.capacity(),
+            self.disk.read_only(),
+            self.supported,
+        );
+        let c = match req.op {
+            Ok(op) => self.run(op),
+            Err((class, status)) => {
+                self.stats.failed(
+                    &self.name,
+                    class,
+                    format_args!(
+                        "request type {} sector {}: refused with status {status}",
+                        header.kind, header.sector
+                    ),
+                );
+                Completion { status, written: 0 }
+            }
+        };
+        self.finish(status_addr, c.status, c.written)
+    }
+
+    /// Writes the status byte (through a pin) and returns the used length.
+    fn finish(&mut self, status_addr: u64, status: u8, written: u32) -> u32 {
+        let seg = Segment {
+            addr: status_addr,
+            len: 1,
+        };
+        match self.copy_guest(&[seg], &mut [status], true) {
+            Ok(()) => written.saturating_add(1),
+            Err(Refused(class, why)) => {
+                self.stats
+                    .failed(&self.name, class, format_args!("status byte: {why}"));
+                written
+            }
+        }
+    }
+
+    fn run(&mut self, op: Op) -> Completion {
+        let ok = |written: u64| Completion {
+            status: req_status::OK,
+            written: u32::try_from(written).unwrap_or(u32::MAX),
+        };
+        let fail = |this: &Self, class: ErrorClass, what: String| {
+            this.stats.failed(&this.name, class, format_args!("{what}"));
+            Completion {
+                status: req_status::IOERR,
+                written: 0,
+            }
+        };
+        match op {
+            Op::Read { offset, data } => {
+                if let Err(Refused(class, why)) = self.pin_all(&data, true) {
+                    return fail(self, class, format!("read at {offset}: {why}"));
+                }
+                let r = self.disk.read_vectored_at(&mut self.iovs, offset);
+                let len: u64 = data.iter().map(|s| s.len).sum();
+                // Release (and dirty-mark) before the used entry is published.
+                self.release();
+                match r {
+                    Ok(fallback) => {
+                        if fallback {
+                            self.stats.direct_fallback();
+                        }
+                        self.stats.completed(Done::Read(len));
+                        ok(len)
+                    }
+                    Err(e) => fail(
+                        self,
+                        ErrorClass::HostIo,
+                        format!("read of {len} bytes at {offset}: {e}"),
+                    ),
+                }
+            }
+            Op::Write { offset, data } => {
+                if let Err(Refused(class, why)) = self.pin_all(&data, false) {
+                    return fail(self, class, format!("write at {offset}: {why}"));
+                }
+                let r = self.disk.write_vectored_at(&mut self.iovs, offset);
+                let len: u64 = data.iter().map(|s| s.len).sum();
+                self.release();
+                match r {
+                    Ok(fallback) => {
+                        if fallback {
+                            self.stats.direct_fallback();
+                        }
+                        self.stats.completed(Done::Write(len));
+                        ok(0)
+                    }
+                    Err(e) => fail(
+                        self,
+                        ErrorClass::HostIo,
+                        format!("write of {len} bytes at {offset}: {e}"),
+                    ),
+                }
+            }
+            Op::Flush => match self.disk.flush() {
+                Ok(()) => {
+                    self.stats.completed(Done::Flush);
+                    ok(0)
+                }
+                Err(e) => fail(self, ErrorClass::HostIo, format!("flush: {e}")),
+            },
+            Op::GetId { data } => {
+                let (head, _) = super::request::split_at(
+                    &data,
+                    data.iter().map(|s| s.len).sum::<u64>().min(ID_LEN),
+                )
+                .unwrap_or_default();
+                let n: u64 = head.iter().map(|s| s.len).sum();
+                let mut id = self.id;
+                match self.copy_guest(&head, &mut id[..n as usize], true) {
+                    Ok(()) => {
+                        self.stats.completed(Done::GetId);
+                        ok(n)
+                    }
+                    Err(Refused(class, why)) => fail(self, class, format!("GET_ID: {why}")),
+                }
+            }
+            Op::Ranges { zeroes, data } => {
+                let total: u64 = data.iter().map(|s| s.len).sum();
+                let mut raw = vec![0u8; total as usize];
+                if let Err(Refused(class, why)) = self.copy_guest(&data, &mut raw, false) {
+                    return fail(self, class, format!("discard ranges: {why}"));
+                }
+                for r in raw.chunks_exact(RANGE_LEN as usize) {
+                    let mut b8 = [0u8; 8];
+                    b8.copy_from_slice(&r[0..8]);
+                    let sector = u64::from_le_bytes(b8);
+                    let mut b4 = [0u8; 4];
+                    b4.copy_from_slice(&r[8..12]);
+                    let sectors = u64::from(u32::from_le_bytes(b4));
+                    b4.copy_from_slice(&r[12..16]);
+                    let flags = u32::from_le_bytes(b4);
+                    // Bit 0 is "unmap" (write zeroes only); the rest are reserved.
+                    if flags & !1 != 0 || (!zeroes && flags != 0) {
+                        self.stats.failed(
+                            &self.name,
+                            ErrorClass::Unsupported,
+                            format_args!("discard range flags {flags:#x}"),
+                        );
+                        return Completion {
+                            status: req_status::UNSUPP,
+                            written: 0,
+                        };
+                    }
+                    match sector.checked_add(sectors) {
+                        Some(end) if end <= self.disk.capacity() => {}
+                        _ => {
+                            return fail(
+                                self,
+                                ErrorClass::OutOfRange,
+                                format!("discard of {sectors} sectors at {sector}"),
+                            )
+                        }
+                    }
+                    if let Err(e) =
+                        self.disk
+                            .discard(sector * SECTOR_SIZE, sectors * SECTOR_SIZE, zeroes)
+                    {
+                        return fail(self, ErrorClass::HostIo, format!("discard: {e}"));
+                    }
+                }
+                self.stats.completed(Done::Discard);
+                ok(0)
+            }
+        }
+    }
+
+    /// Pins one range, retrying while a balloon holds its frames frozen.
+    fn pin(&self, seg: &Segment, write: bool) -> Result<Pinned, Refused> {
+        let mut flags = GupFlags::PIN;
+        if write {
+            flags |= GupFlags::WRITE;
+        }
+        let mut tries = 0;
+        loop {
+            let r = self.gup.pin_cancellable(
+                &AddressSpace::Physical,
+                seg.addr,
+                seg.len,
+                flags,
+                Some(&self.cancel),
+            );
+            let short = match r {
+                Ok(p) if p.bytes() == seg.len => return Ok(p),
+                Ok(p) => p.short_reason().copied().unwrap_or(GupError::Again),
+                Err(e) => e,
+            };
+            tries += 1;
+            if short != GupError::Again || tries >= PIN_RETRIES {
+                let class = match short {
+                    GupError::Fault { .. } | GupError::Overflow | GupError::Invalid(_) => {
+                        ErrorClass::BadAddress
+                    }
+                    _ => ErrorClass::HostIo,
+                };
+                return Err(Refused(
+                    class,
+                    format!(
+                        "buffer [{:#x}, +{:#x}) cannot be pinned: {short:?}",
+                        seg.addr, seg.len
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Pins every segment into `self.pins` and lists their host ranges in
+    /// `self.iovs`; on failure nothing stays pinned.
+    fn pin_all(&mut self, segs: &[Segment], write: bool) -> Result<(), Refused> {
+        self.release();
+        for s in segs {
+            match self.pin(s, write) {
+                Ok(p) => {
+                    for e in p.iter_extents() {
+                        let Some(host) = e.host_ptr() else {
+                            self.release();
+                            return Err(Refused(ErrorClass::BadAddress, "a hole".into()));
+                        };
+                        self.iovs.push(libc::iovec {
+                            iov_base: host.cast(),
+                            iov_len: e.len as usize,
+                        });
+                    }
+                    self.pins.push(p);
+                }
+                Err(r) => {
+                    self.release();
+                    return Err(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.iovs.clear();
+        self.pins.clear();
+    }
+
+    /// Copies between `buf` and the guest bytes of `segs` through pins
+    /// (`to_guest`: buf -> guest). `buf.len()` is the sum of the lengths.
+    fn copy_guest(
+        &mut self,
+        segs: &[Segment],
+        buf: &mut [u8],
+        to_guest: bool,
+    ) -> Result<(), Refused> {
+        self.pin_all(segs, to_guest)?;
+        let mut at = 0usize;
+        for v in &self.iovs {
+            let n = v.iov_len.min(buf.len() - at);
+            let host = v.iov_base.cast::<u8>();
+            for i in 0..n {
+                // SAFETY: `host` is the host address of a pinned guest
+                // range of at least `iov_len` bytes, mapped while
+                // `self.pins` holds it; volatile because the guest may
+                // change the bytes concurrently.
+                unsafe {
+                    if to_guest {
+                        ptr::write_volatile(host.add(i), buf[at + i]);
+                    } else {
+                        buf[at + i] = ptr::read_volatile(host.add(i));
+                    }
+                }
+            }
+            at += n;
+        }
+        self.release();
+        Ok(())
+    }
+}
+
+/// A running worker thread.
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    wake: EventFd,
+    cancel: Arc<CancelToken>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Stops the thread (cancelling a pin that waits on a frozen frame)
+    /// and joins it.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.cancel.cancel();
+        let _ = self.wake.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Runs `queue` on its own thread: it sleeps on `notifier` (and on its
+/// stop eventfd), drains the queue on every wake, and after the queue runs
+/// dry keeps polling the available ring for `poll` before it sleeps again
+/// (a guest that keeps submitting then needs no notification at all).
+pub fn spawn(mut queue: BlockQueue, notifier: EventFd, poll: Duration) -> std::io::Result<Worker> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let wake = EventFd::new(0)?;
+    let wake_thread = wake.try_clone()?;
+    let cancel = queue.cancel_token();
+    let stop_thread = Arc::clone(&stop);
+    let thread = thread::Builder::new()
+        .name(queue.name.clone())
+        .spawn(move || {
+            let mut fds = [
+                libc::pollfd {
+                    fd: std::os::unix::io::AsRawFd::as_raw_fd(&notifier),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: std::os::unix::io::AsRawFd::as_raw_fd(&wake_thread),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            while !stop_thread.load(Ordering::Acquire) {
+                // SAFETY: two valid pollfds owned by this frame.
+                let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if r < 0 {
+                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    eprintln!(
+                        "{}: poll failed: {}; the worker stops",
+                        queue.name,
+                        std::io::Error::last_os_error()
+                    );
+                    return;
+                }
+                if fds[1].revents != 0 || stop_thread.load(Ordering::Acquire) {
+                    return;
+                }
+                let _ = notifier.read();
+                queue.stats.notification();
+                queue.process();
+                // Poll a little before sleeping again.
+                let until = Instant::now() + poll;
+                while !poll.is_zero()
+                    && Instant::now() < until
+                    && !stop_thread.load(Ordering::Acquire)
+                {
+                    if queue.has_pending() {
+                        queue.process();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        })?;
+    Ok(Worker {
+        stop,
+        wake,
+        cancel,
+        thread: Some(thread),
+    })
+}
