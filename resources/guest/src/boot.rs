@@ -27,6 +27,7 @@
 //! | [`ALIAS_4K`] + 0x3000.. | not present | |
 //! | [`ALIAS_2M`] | physical [`ALIAS_2M_TARGET`] | 2M |
 //! | [`HIGH_ALIAS`] `..+1G` | physical `0..1G`: one 1G leaf when CPUID reports 1-GByte pages, else the identity PD (4K/2M) | 1G or 4K/2M |
+//! | [`MMIO_WINDOW`] `..4G` | identity, uncached (PCD, PWT): MMIO devices | 2M |
 //! | everything else | not present | |
 //!
 //! Segments: [`KERNEL_CS`], kernel data 0x10, [`USER_DS`], [`USER_CS`], and a
@@ -68,6 +69,12 @@ pub const ALIAS_2M: u64 = 0x4020_0000;
 pub const ALIAS_2M_TARGET: u64 = 0x60_0000;
 /// Virtual address of the 1 GiB alias of physical `0..1G`.
 pub const HIGH_ALIAS: u64 = 0x8000_0000;
+/// Start of the identity-mapped, uncached 1 GiB window (`0xc000_0000..4G`)
+/// where the VMMs put MMIO devices (ours at `0xd000_0000`, QEMU's microvm
+/// near `0xfeb0_0000`).
+pub const MMIO_WINDOW: u64 = 0xc000_0000;
+/// Bytes of the MMIO window.
+pub const MMIO_WINDOW_SIZE: u64 = 0x4000_0000;
 /// DPL3 gate: returns CR0, CR4, the handler's CS and the caller's CS,
 /// RFLAGS and SS (see the module doc).
 pub const GATE_INFO_VECTOR: u8 = 0x40;
@@ -369,7 +376,8 @@ boot_pdpt:
     .quad pd_low + 0x7       /* 0..1G: identity */
     .quad pd_alias + 0x7     /* 1G..2G: test aliases */
     .quad pd_low + 0x7       /* 2G..3G: high alias (1G leaf if CPUID allows) */
-    .fill 509, 8, 0
+    .quad pd_mmio + 0x7      /* 3G..4G: identity, uncached (MMIO) */
+    .fill 508, 8, 0
 pd_low:
     .quad pt_low + 0x7
     .set .Laddr, 0x200000
@@ -383,6 +391,14 @@ pt_low:
     .rept 511
     .quad .Laddr + 0x7
     .set .Laddr, .Laddr + 0x1000
+    .endr
+    /* 3G..4G: identity 2M leaves, 0x9f = present, writable, user, PWT,
+       PCD, PS (PAT entry 3: uncached), where virtio-mmio devices live. */
+pd_mmio:
+    .set .Laddr, {mmio_window}
+    .rept 512
+    .quad .Laddr + 0x9f
+    .set .Laddr, .Laddr + 0x200000
     .endr
 pd_alias:
     .quad pt_alias + 0x7
@@ -427,6 +443,7 @@ boot_cpuid_ext_edx:
     user_ds = const USER_DS,
     user_rflags = const USER_RFLAGS,
     alias_2m_target = const ALIAS_2M_TARGET,
+    mmio_window = const MMIO_WINDOW,
     kernel_stack_size = const KERNEL_STACK_SIZE,
     options(att_syntax)
 );

@@ -3,17 +3,25 @@
 
 //! The built-in guest (DESIGN section 7): a freestanding PVH kernel. The
 //! CPL0 part ([`boot`]) enters long mode and drops to CPL3, where this file
-//! runs a few checks of the machine it was given, prints one line per check
-//! on COM1 and exits through the exit port with a [`status`] value.
+//! runs a few checks of the machine it was given, then the virtio-blk DMA
+//! scenarios ([`dma`]) on the disks the command line announces, prints one
+//! line per check on COM1 and exits through the exit port with a [`status`]
+//! value. With `guest.bench=blk` on the command line it runs the block
+//! benchmark ([`bench`]) instead.
 //!
 //! Build: `cd resources/guest && cargo build --release` (see resources/README.md).
 
 #![no_std]
 #![no_main]
 
+mod bench;
+mod blk;
 mod boot;
+mod dma;
 mod mem;
+mod pvh;
 mod serial;
+mod virtio;
 
 use core::arch::asm;
 use core::fmt::{self, Write};
@@ -24,6 +32,7 @@ use boot::{
     TrapRecord, ALIAS_2M, ALIAS_2M_TARGET, ALIAS_4K, GATE_INFO_VECTOR, HIGH_ALIAS, KERNEL_CS,
     USER_CS, USER_DS,
 };
+use pvh::{read_u32, read_u64, IDENTITY_LIMIT, PVH_MAGIC};
 use serial::{outb, Serial};
 
 /// Exit status values written to the exit port (QEMU's isa-debug-exit then
@@ -44,12 +53,8 @@ const EXIT_PORT: u16 = 0xf4;
 /// The i8042 command port; 0xfe pulses the CPU reset line.
 const I8042_COMMAND: u16 = 0x64;
 const I8042_RESET: u8 = 0xfe;
-/// `hvm_start_info.magic`.
-const PVH_MAGIC: u32 = 0x336e_c578;
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
-/// Memory below this is identity-mapped (and readable at CPL3).
-const IDENTITY_LIMIT: u64 = 0x4000_0000;
 
 /// Counts of the checks made so far.
 struct Report {
@@ -219,16 +224,6 @@ fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     [a, b as u32, c, d]
 }
 
-fn read_u32(paddr: u64) -> u32 {
-    // SAFETY: callers pass identity-mapped addresses below IDENTITY_LIMIT.
-    unsafe { read_volatile(paddr as *const u32) }
-}
-
-fn read_u64(paddr: u64) -> u64 {
-    // SAFETY: as for `read_u32`.
-    unsafe { read_volatile(paddr as *const u64) }
-}
-
 /// The first CPL3 code, called by `boot` after IRETQ.
 #[no_mangle]
 extern "C" fn guest_main() -> ! {
@@ -236,12 +231,30 @@ extern "C" fn guest_main() -> ! {
         checks: 0,
         failed: 0,
     };
+    let cmd = pvh::cmdline();
+    if let Some(what) = pvh::value(cmd, "guest.bench") {
+        let _ = writeln!(Serial, "guest: hello from CPL3 (bench mode)");
+        print_cmdline(cmd);
+        let status = if what == b"blk" {
+            bench::run(cmd)
+        } else {
+            let _ = writeln!(
+                Serial,
+                "guest: unknown benchmark guest.bench={} (known: blk)",
+                core::str::from_utf8(what).unwrap_or("?")
+            );
+            status::CHECK_FAILED
+        };
+        let _ = writeln!(Serial, "guest: bench done; exit status {status}");
+        exit(status)
+    }
     // The CPL comes from the CS the CPU pushed for an exception: a
     // paravirtualized CPU may show other values to `mov from cs` and `pushf`
     // at CPL3 (kvm_pvm shows the host's user selectors and flags).
     let ud = probe(Probe::Ud2);
     let cpl = ud.map_or(0, |t| t.cs & 3);
     let _ = writeln!(Serial, "guest: hello from CPL{cpl}");
+    print_cmdline(cmd);
     match ud {
         None => report.check(false, format_args!("#UD ud2: no exception")),
         Some(t) => {
@@ -272,6 +285,7 @@ extern "C" fn guest_main() -> ! {
     check_sse(&mut report);
     check_mappings(&mut report, has_1g);
     check_exceptions(&mut report);
+    dma::run(&mut report, cmd);
 
     let status = if report.failed == 0 {
         status::PASS
@@ -284,6 +298,15 @@ extern "C" fn guest_main() -> ! {
         report.checks, report.failed
     );
     exit(status)
+}
+
+/// Prints the kernel command line (what the VMM announced).
+fn print_cmdline(cmd: &[u8]) {
+    let _ = writeln!(
+        Serial,
+        "guest: command line: {}",
+        core::str::from_utf8(cmd).unwrap_or("(not UTF-8)").trim()
+    );
 }
 
 /// The PVH `hvm_start_info` the loader passed in EBX.
