@@ -8,12 +8,26 @@
 //! The guest is built here with a nested `cargo build --release` in
 //! resources/guest (its own workspace) into `target/guest`.
 //!
+//! Every run attaches two virtio-blk disks (virtio-mmio version 2, announced
+//! on the kernel command line by microvm's `auto-kernel-cmdline`, which
+//! needs `acpi=off`): a read-write scratch file (serial `guest-mm-blk0`)
+//! and a read-only one (`readonly=on`, serial `guest-mm-blk1`) holding the
+//! pattern the guest checks (the little-endian word at offset `o` is
+//! `0x524f_0000_0000_0000 | o`), so the guest's blk DMA scenarios run
+//! against QEMU's device; the bad requests QEMU's device mishandles are
+//! `[skip]` lines there (the guest recognises the device by its vendor id).
+//!
 //! - `guest_boots_under_qemu_microvm_kvm`: `-accel kvm`, the check CI runs.
 //!   Skips (loudly) only where /dev/kvm is absent.
 //! - `guest_boots_under_qemu_microvm_tcg`: QEMU's own CPU emulation with
 //!   `-cpu max`: the semantics of a real CPU where this machine's software
 //!   KVM differs (the `int N` gate, IOPL in RFLAGS, 1-GByte pages). Needs no
 //!   /dev/kvm.
+//! - `guest_without_disks_under_qemu_microvm_tcg`: no disk: one line says
+//!   so, the other checks pass, exit status 0.
+//! - `guest_bench_mode_under_qemu_microvm_kvm`: `guest.bench=blk` with small
+//!   workloads: the begin/end lines the host times by, in order, with the
+//!   request and byte counts asked for, and exit status 0 (no timing here).
 //!
 //! Both need `qemu-system-x86_64` (Debian: qemu-system-x86, installed by
 //! .ci/run). Where it is missing they fail when `CI` is set and skip loudly
@@ -21,7 +35,8 @@
 //!
 //! Run: `cargo test --release -p integration-tests --test guest_qemu -- --nocapture`.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -103,6 +118,68 @@ fn qemu(test: &str) -> Option<PathBuf> {
     found
 }
 
+/// Bytes of the read-write scratch disk (sparse).
+const RW_DISK_BYTES: u64 = 32 << 20;
+/// Bytes of the read-only pattern disk.
+const RO_DISK_BYTES: u64 = 4 << 20;
+
+/// The two disk files of one run, removed when dropped.
+struct Disks {
+    rw: PathBuf,
+    ro: PathBuf,
+}
+
+impl Disks {
+    /// Creates them in the temp directory, named after `test` and the pid.
+    fn new(test: &str) -> Disks {
+        let dir = std::env::temp_dir();
+        let pid = std::process::id();
+        let rw = dir.join(format!("guest-qemu-{test}-{pid}-rw.img"));
+        let ro = dir.join(format!("guest-qemu-{test}-{pid}-ro.img"));
+        let disks = Disks { rw, ro };
+        File::create(&disks.rw)
+            .and_then(|f| f.set_len(RW_DISK_BYTES))
+            .unwrap_or_else(|e| panic!("creating {}: {e}", disks.rw.display()));
+        let mut w = BufWriter::new(
+            File::create(&disks.ro)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", disks.ro.display())),
+        );
+        for o in (0..RO_DISK_BYTES).step_by(8) {
+            w.write_all(&(0x524f_0000_0000_0000u64 | o).to_le_bytes())
+                .expect("writing the read-only disk");
+        }
+        w.flush().expect("writing the read-only disk");
+        disks
+    }
+
+    /// The QEMU arguments that attach them (virtio-mmio version 2).
+    fn qemu_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.to_str().expect("UTF-8 temp path").to_string();
+        vec![
+            "-global".into(),
+            "virtio-mmio.force-legacy=false".into(),
+            "-drive".into(),
+            format!("id=d0,file={},format=raw,if=none", path(&self.rw)),
+            "-device".into(),
+            "virtio-blk-device,drive=d0,serial=guest-mm-blk0".into(),
+            "-drive".into(),
+            format!(
+                "id=d1,file={},format=raw,if=none,readonly=on",
+                path(&self.ro)
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=d1,serial=guest-mm-blk1".into(),
+        ]
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.rw);
+        let _ = std::fs::remove_file(&self.ro);
+    }
+}
+
 /// What one QEMU run gave.
 struct Run {
     /// The serial output, `\r\n` turned into `\n`.
@@ -115,8 +192,11 @@ struct Run {
     exit: Duration,
 }
 
-fn run_qemu(qemu: &Path, image: &Path, accel_and_cpu: &[&str]) -> Run {
-    let mut args: Vec<&str> = vec!["-M", "microvm"];
+/// Boots `image` under QEMU microvm with `accel_and_cpu` and `extra`
+/// arguments. `acpi=off`: microvm then announces its virtio-mmio devices on
+/// the kernel command line (`virtio_mmio.device=`) as the guest expects.
+fn run_qemu(qemu: &Path, image: &Path, accel_and_cpu: &[&str], extra: &[String]) -> Run {
+    let mut args: Vec<&str> = vec!["-M", "microvm,acpi=off"];
     args.extend_from_slice(accel_and_cpu);
     let kernel = image.to_str().expect("UTF-8 path");
     args.extend_from_slice(&[
@@ -131,6 +211,7 @@ fn run_qemu(qemu: &Path, image: &Path, accel_and_cpu: &[&str]) -> Run {
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=4",
     ]);
+    args.extend(extra.iter().map(String::as_str));
     println!("running: {} {}", qemu.display(), args.join(" "));
     let start = Instant::now();
     let mut child = Command::new(qemu)
@@ -218,6 +299,104 @@ fn check_report(run: &Run) -> Vec<&str> {
     check_passing_report(&run.serial).unwrap_or_else(|e| panic!("{e}; {}", dump()))
 }
 
+/// The blk check lines every run with both disks must show as `[ok]`
+/// (prefixes after `guest: [ok] blk: `).
+const BLK_OK: &[&str] = &[
+    "single segment: 4 KiB written and read back",
+    "8 data descriptors: 64 KiB in 8 KiB segments",
+    "64 data descriptors of 512..4096 bytes",
+    "8 KiB buffers at page offsets 0x800 and 0xe00, crossing 4K boundaries",
+    "64 KiB buffers at ",
+    "HIGH_ALIAS: the CPU fills and checks 0x8",
+    "unaligned segments: ",
+    "header split over two descriptors",
+    "status byte shares the last data descriptor",
+    "indirect descriptors: ",
+    "FLUSH",
+    "queue depth 32: 1024 writes then 1024 reads of 4 KiB",
+    "bad request: data length 100 (not a multiple of 512): status 1",
+    "bad request: read straddling the end of the disk: status 1",
+    "bad request: read at sector 2^64-8 (byte offset overflows): status 1",
+    "bad request: unknown request type 0x7f: status 2",
+    "read-only disk: 64 KiB at sector 0 match the pattern",
+    "read-only disk: the last 8 sectors",
+    "read-only disk: 1048576 bytes at sector ",
+    "read-only disk: a 4 KiB write at sector 16 fails: IOERR, the pattern is intact",
+];
+
+/// The bad requests QEMU's device mishandles (accepts DMA to unassigned
+/// addresses, or marks itself broken): the only `[skip]` lines expected.
+const BLK_SKIP_ON_QEMU: &[&str] = &[
+    "bad request: data descriptor in the MMIO hole",
+    "bad request: data descriptor beyond RAM",
+    "bad request: status descriptor not device-writable",
+    "bad request: looping chain",
+];
+
+/// The blk part of a report with both disks attached.
+fn check_blk(run: &Run, lines: &[&str]) {
+    let ok = |prefix: &str| {
+        let want = format!("guest: [ok] blk: {prefix}");
+        lines.iter().any(|l| l.starts_with(&want))
+    };
+    for want in BLK_OK {
+        assert!(ok(want), "no `[ok] blk: {want}...` line:\n{}", run.serial);
+    }
+    for (id, kind) in [
+        ("guest-mm-blk0", "read-write"),
+        ("guest-mm-blk1", "read-only"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with("guest: [ok] blk: disk")
+                && l.contains(&format!(", {kind}, id \"{id}\""))),
+            "no setup line for the {kind} disk {id}:\n{}",
+            run.serial
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("guest: [ok] blk: GET_ID disk")
+                    && l.contains(&format!(": \"{id}\""))),
+            "no GET_ID line for {id}:\n{}",
+            run.serial
+        );
+    }
+    let skips: Vec<&&str> = lines.iter().filter(|l| l.contains("[skip]")).collect();
+    for want in BLK_SKIP_ON_QEMU {
+        let prefix = format!("guest: [skip] blk: {want}");
+        assert!(
+            skips.iter().any(|l| l.starts_with(&prefix)),
+            "no `{prefix}...` line:\n{}",
+            run.serial
+        );
+    }
+    assert_eq!(
+        skips.len(),
+        BLK_SKIP_ON_QEMU.len(),
+        "unexpected [skip] lines: {skips:#?}"
+    );
+    // The summary: at least the queue-depth check's 2048 requests and 4 MiB,
+    // and the read-only disk's 1 MiB read.
+    let summary = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("guest: blk: "))
+        .filter(|l| l.contains(" requests, "))
+        .unwrap_or_else(|| panic!("no blk summary line:\n{}", run.serial));
+    let nums: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("digits"))
+        .collect();
+    assert!(
+        summary.ends_with(" failures")
+            && nums.len() == 3
+            && nums[0] >= 2048
+            && nums[1] >= 5 << 20
+            && nums[2] == 0,
+        "blk summary `{summary}`"
+    );
+}
+
 fn print_run(what: &str, run: &Run) {
     println!("{}", run.serial.trim_end());
     println!(
@@ -235,9 +414,11 @@ fn guest_boots_under_qemu_microvm_kvm() {
         return;
     }
     let Some(qemu) = qemu(TEST) else { return };
-    let run = run_qemu(&qemu, guest_image(), &["-accel", "kvm"]);
+    let disks = Disks::new(TEST);
+    let run = run_qemu(&qemu, guest_image(), &["-accel", "kvm"], &disks.qemu_args());
     print_run("QEMU microvm, KVM", &run);
     let lines = check_report(&run);
+    check_blk(&run, &lines);
     // The `int N` gate either ran, or the CPU raised #UD (kvm_pvm); never
     // anything else (check_report already refused [FAIL] lines).
     assert!(
@@ -255,9 +436,16 @@ fn guest_boots_under_qemu_microvm_tcg() {
     const TEST: &str = "guest_boots_under_qemu_microvm_tcg";
     let Some(qemu) = qemu(TEST) else { return };
     // -cpu max has 1-GByte pages: the guest must then use a 1G leaf.
-    let run = run_qemu(&qemu, guest_image(), &["-accel", "tcg", "-cpu", "max"]);
+    let disks = Disks::new(TEST);
+    let run = run_qemu(
+        &qemu,
+        guest_image(),
+        &["-accel", "tcg", "-cpu", "max"],
+        &disks.qemu_args(),
+    );
     print_run("QEMU microvm, TCG", &run);
     let lines = check_report(&run);
+    check_blk(&run, &lines);
     let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
     assert!(
         has("guest: [ok] int 0x40 gate from cs=0x23 ran at cs=0x8"),
@@ -282,6 +470,80 @@ fn guest_boots_under_qemu_microvm_tcg() {
     assert!(
         !run.serial.contains("[note]"),
         "a real CPU model needs no notes:\n{}",
+        run.serial
+    );
+}
+
+#[test]
+fn guest_without_disks_under_qemu_microvm_tcg() {
+    const TEST: &str = "guest_without_disks_under_qemu_microvm_tcg";
+    let Some(qemu) = qemu(TEST) else { return };
+    let run = run_qemu(&qemu, guest_image(), &["-accel", "tcg", "-cpu", "max"], &[]);
+    print_run("QEMU microvm, TCG, no disks", &run);
+    let lines = check_report(&run);
+    assert!(
+        lines.contains(&"guest: blk: no virtio-blk disk announced on the command line (virtio_mmio.device=); blk checks skipped"),
+        "{}",
+        run.serial
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("] blk: ")),
+        "blk checks without a disk:\n{}",
+        run.serial
+    );
+}
+
+#[test]
+fn guest_bench_mode_under_qemu_microvm_kvm() {
+    const TEST: &str = "guest_bench_mode_under_qemu_microvm_kvm";
+    if !Path::new("/dev/kvm").exists() {
+        skip(&format!("SKIPPED {TEST}: /dev/kvm is absent"));
+        return;
+    }
+    let Some(qemu) = qemu(TEST) else { return };
+    let disks = Disks::new(TEST);
+    let mut extra = disks.qemu_args();
+    extra.extend([
+        "-append".to_string(),
+        "guest.bench=blk guest.bench.requests=3000 guest.bench.mib=12".to_string(),
+    ]);
+    let run = run_qemu(&qemu, guest_image(), &["-accel", "kvm"], &extra);
+    print_run("QEMU microvm, KVM, guest.bench=blk", &run);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "the guest did not exit with status 0 (QEMU code 1):\n{}",
+        run.serial
+    );
+    let bench: Vec<&str> = run
+        .serial
+        .lines()
+        .filter(|l| l.starts_with("guest: bench begin ") || l.starts_with("guest: bench end "))
+        .collect();
+    assert_eq!(
+        bench,
+        [
+            "guest: bench begin randread4k",
+            "guest: bench end randread4k requests=3000 bytes=12288000",
+            "guest: bench begin seqwrite1m",
+            "guest: bench end seqwrite1m requests=12 bytes=12582912",
+            "guest: bench begin seqread1m",
+            "guest: bench end seqread1m requests=12 bytes=12582912",
+        ],
+        "{}",
+        run.serial
+    );
+    // The workloads' requests, all completed with status OK.
+    assert!(
+        run.serial
+            .lines()
+            .any(|l| l.starts_with("guest: bench: ") && l.ends_with(" notifications, 0 failed")),
+        "{}",
+        run.serial
+    );
+    assert!(
+        !run.serial.contains("[ok]") && !run.serial.contains("[FAIL]"),
+        "bench mode runs no checks:\n{}",
         run.serial
     );
 }
