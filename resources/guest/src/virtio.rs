@@ -5,8 +5,8 @@
 //! and a split virtqueue (section 2.7) driven by polling at CPL3.
 //!
 //! Interrupts stay off: the driver polls the used ring in RAM. With
-//! `VIRTIO_F_EVENT_IDX` it keeps `used_event` just behind what it has
-//! consumed (so the device never needs to interrupt) and notifies only when
+//! `VIRTIO_F_EVENT_IDX` it leaves `used_event` at 0xffff (so the device
+//! needs to interrupt once per 65536 completions) and notifies only when
 //! `avail_event` says the device waits for it; without it, it sets
 //! `VRING_AVAIL_F_NO_INTERRUPT` and honours `VRING_USED_F_NO_NOTIFY`.
 //! Every register access is an MMIO exit (tens of microseconds on the
@@ -322,7 +322,10 @@ impl Queue {
             notifies: 0,
         };
         // Without EVENT_IDX: ask for no interrupts. With it: used_event
-        // 0xffff is just behind the used index 0.
+        // stays 0xffff, so the device interrupts only when its used index
+        // passes 0xffff -> 0 (once per 65536 completions). A used_event
+        // that follows the driver would be passed again and again by a
+        // device that compares it with the index of its last interrupt.
         if event_idx {
             q.set_used_event(0xffff);
         } else {
@@ -460,10 +463,6 @@ impl Queue {
             )
         };
         self.last_used = self.last_used.wrapping_add(1);
-        if self.event_idx {
-            // Just behind what was consumed: the device never reaches it.
-            self.set_used_event(self.last_used.wrapping_sub(1));
-        }
         if id >= u32::from(self.size) || self.count[id as usize] == 0 {
             return Err(QueueError::BadUsedId(id));
         }
