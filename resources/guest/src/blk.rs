@@ -15,8 +15,8 @@ use core::ptr::{read_volatile, write_volatile};
 
 use crate::pvh::MmioDevice;
 use crate::virtio::{
-    feature as vfeature, reg, status, Mmio, Queue, QueueError, Seg, Used, MAX_QUEUE, MMIO_MAGIC,
-    TIMEOUT_TSC,
+    feature as vfeature, reg, status, tsc, Mmio, Queue, QueueError, Seg, Used, MAX_QUEUE,
+    MMIO_MAGIC, TIMEOUT_TSC,
 };
 
 /// virtio device id of a block device.
@@ -98,8 +98,10 @@ pub enum InitError {
     FeaturesRefused(u32),
     /// Queue 0 is missing or already live.
     NoQueue,
-    /// The device reported failure after DRIVER_OK.
+    /// The device did not finish a reset, or reported failure after DRIVER_OK.
     Status(u32),
+    /// The configuration generation kept changing.
+    ConfigUnstable,
 }
 
 impl fmt::Display for InitError {
@@ -111,7 +113,8 @@ impl fmt::Display for InitError {
             InitError::NoVersion1(o) => write!(f, "VERSION_1 not offered (features {o:#x})"),
             InitError::FeaturesRefused(s) => write!(f, "FEATURES_OK refused (status {s:#x})"),
             InitError::NoQueue => write!(f, "queue 0 missing or already live"),
-            InitError::Status(s) => write!(f, "status {s:#x} after DRIVER_OK"),
+            InitError::Status(s) => write!(f, "status {s:#x} (after a reset or DRIVER_OK)"),
+            InitError::ConfigUnstable => write!(f, "the configuration generation keeps changing"),
         }
     }
 }
@@ -202,7 +205,15 @@ impl Blk {
         mask: u64,
     ) -> Result<Blk, InitError> {
         let mmio = p.mmio;
+        // Reset, and wait until the device says it is done (2.4.1).
         mmio.write(reg::STATUS, 0);
+        let start = tsc();
+        while mmio.status() != 0 {
+            if tsc().wrapping_sub(start) > TIMEOUT_TSC {
+                return Err(InitError::Status(mmio.status()));
+            }
+            core::hint::spin_loop();
+        }
         mmio.write(reg::STATUS, status::ACKNOWLEDGE);
         mmio.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         let offered = mmio.device_features();
@@ -224,7 +235,10 @@ impl Blk {
             mmio.write(reg::STATUS, status::FAILED);
             return Err(InitError::NoQueue);
         };
-        let (capacity, seg_max, size_max, blk_size) = read_config(&mmio, features);
+        let Some((capacity, seg_max, size_max, blk_size)) = read_config(&mmio, features) else {
+            mmio.write(reg::STATUS, status::FAILED);
+            return Err(InitError::ConfigUnstable);
+        };
         mmio.write(reg::STATUS, s | status::DRIVER_OK);
         let got = mmio.status();
         if got & (status::NEEDS_RESET | status::FAILED) != 0 || got & status::DRIVER_OK == 0 {
@@ -292,7 +306,7 @@ impl Blk {
         let head = self.q.add(segs)?;
         self.requests += 1;
         self.q.kick();
-        let start = crate::virtio::tsc();
+        let start = tsc();
         loop {
             match self.q.poll() {
                 Ok(Some(u)) if u.id == head => return Ok(u),
@@ -306,7 +320,7 @@ impl Blk {
                     return Err(e);
                 }
             }
-            if crate::virtio::tsc().wrapping_sub(start) > timeout {
+            if tsc().wrapping_sub(start) > timeout {
                 self.broken = true;
                 return Err(QueueError::Timeout);
             }
@@ -333,14 +347,26 @@ impl Blk {
         segs.push(Seg::out(hdr, 16));
         self.push_data(&mut segs, addr, len, write);
         segs.push(Seg::inn(st, 1));
-        let u = self.submit(segs.as_slice(), TIMEOUT_TSC)?;
+        let u = self.submit(segs.chain()?, TIMEOUT_TSC)?;
         Ok((peek(st), u.len))
     }
 
     /// Appends `addr..addr + len` as data descriptors of at most
     /// [`max_segment_bytes`](Self::max_segment_bytes) each.
-    fn push_data(&self, segs: &mut SegList, addr: u64, len: u32, device_writes: bool) {
-        let max = self.max_segment_bytes();
+    pub fn push_data(&self, segs: &mut SegList, addr: u64, len: u32, device_writes: bool) {
+        self.push_data_max(segs, addr, len, device_writes, self.max_segment_bytes());
+    }
+
+    /// Appends `addr..addr + len` as data descriptors of at most `max` bytes.
+    pub fn push_data_max(
+        &self,
+        segs: &mut SegList,
+        addr: u64,
+        len: u32,
+        device_writes: bool,
+        max: u32,
+    ) {
+        let max = max.max(1);
         let mut off = 0u32;
         while off < len {
             let n = (len - off).min(max);
@@ -400,12 +426,17 @@ impl Blk {
                     );
                 }
                 segs.push(Seg::inn(hdr + 16, 1));
-                if segs.len() > usize::from(self.q.num_free()) {
+                let chain = segs.chain()?;
+                if chain.len() > usize::from(self.q.num_free()) {
+                    if nfree == depth {
+                        // Nothing in flight: it will never fit.
+                        return Err(QueueError::Full);
+                    }
                     break;
                 }
                 Self::header(hdr, job.ty, job.sector);
                 poke(hdr + 16, STATUS_POISON);
-                let head = self.q.add(segs.as_slice())?;
+                let head = self.q.add(chain)?;
                 self.requests += 1;
                 tag[usize::from(head)] = (slot, next);
                 nfree -= 1;
@@ -455,9 +486,10 @@ impl Blk {
 }
 
 /// The block configuration fields the driver uses, read consistently
-/// (the generation counter unchanged around the reads).
-fn read_config(mmio: &Mmio, features: u64) -> (u64, u32, u32, u32) {
-    loop {
+/// (the generation counter unchanged around the reads; `None` when it
+/// changed every time).
+fn read_config(mmio: &Mmio, features: u64) -> Option<(u64, u32, u32, u32)> {
+    for _ in 0..100 {
         let gen = mmio.read(reg::CONFIG_GENERATION);
         let capacity =
             u64::from(mmio.read(reg::CONFIG)) | u64::from(mmio.read(reg::CONFIG + 4)) << 32;
@@ -472,9 +504,10 @@ fn read_config(mmio: &Mmio, features: u64) -> (u64, u32, u32, u32) {
         let seg_max = pick(feature::SEG_MAX, 12);
         let blk_size = pick(feature::BLK_SIZE, 20);
         if mmio.read(reg::CONFIG_GENERATION) == gen {
-            return (capacity, seg_max, size_max, blk_size);
+            return Some((capacity, seg_max, size_max, blk_size));
         }
     }
+    None
 }
 
 /// Writes a byte of identity-mapped RAM.
@@ -497,6 +530,13 @@ pub const MAX_CHAIN: usize = 80;
 pub struct SegList {
     segs: [Seg; MAX_CHAIN],
     n: usize,
+    overflow: bool,
+}
+
+impl Default for SegList {
+    fn default() -> Self {
+        SegList::new()
+    }
 }
 
 impl SegList {
@@ -505,15 +545,18 @@ impl SegList {
         SegList {
             segs: [Seg::out(0, 0); MAX_CHAIN],
             n: 0,
+            overflow: false,
         }
     }
 
-    /// Appends a descriptor (dropped beyond [`MAX_CHAIN`]; callers stay
-    /// well below it).
+    /// Appends a descriptor (beyond [`MAX_CHAIN`] the list only records
+    /// that it overflowed).
     pub fn push(&mut self, s: Seg) {
         if self.n < MAX_CHAIN {
             self.segs[self.n] = s;
             self.n += 1;
+        } else {
+            self.overflow = true;
         }
     }
 
@@ -522,8 +565,12 @@ impl SegList {
         self.n
     }
 
-    /// The chain.
-    pub fn as_slice(&self) -> &[Seg] {
-        &self.segs[..self.n]
+    /// The chain, or `Full` when more than [`MAX_CHAIN`] were pushed.
+    pub fn chain(&self) -> Result<&[Seg], QueueError> {
+        if self.overflow {
+            Err(QueueError::Full)
+        } else {
+            Ok(&self.segs[..self.n])
+        }
     }
 }

@@ -303,7 +303,10 @@ impl Queue {
         if max == 0 {
             return None;
         }
-        let size = max.min(u32::from(MAX_QUEUE)) as u16;
+        // A power of two (split queues need one; the ring arithmetic
+        // below relies on the size dividing 65536).
+        let cap = max.min(u32::from(MAX_QUEUE));
+        let size = (1u32 << (31 - cap.leading_zeros())) as u16;
         let q = Queue {
             size,
             desc: ring,
