@@ -9,6 +9,17 @@
 //! value. With `guest.bench=blk` on the command line it runs the block
 //! benchmark ([`bench`]) instead.
 //!
+//! Command line (the PVH `cmdline_paddr`; printed as the second line):
+//!
+//! | word | effect |
+//! |---|---|
+//! | `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` | a virtio-mmio device (Linux's syntax); block devices get the [`dma`] scenarios |
+//! | `guest.bench=blk` | run the block benchmark ([`bench`]) instead of the checks |
+//! | `guest.bench.requests=`, `.qd=`, `.span=`, `.mib=`, `.seqqd=` | benchmark sizes (see [`bench`]) |
+//! | `guest.qemu` | the device is QEMU's: skip the bad requests it mishandles (also recognised by its vendor id) |
+//! | `guest.blk.bad=all` | run every bad request, even on QEMU's device |
+//! | `guest.blk.mask=<bits>` | do not negotiate these feature bits (e.g. `0x30000000`: no EVENT_IDX, no INDIRECT_DESC) |
+//!
 //! Build: `cd resources/guest && cargo build --release` (see resources/README.md).
 
 #![no_std]
