@@ -62,7 +62,8 @@ pub fn run(cmd: &[u8]) -> u8 {
     let mut failed = 0u64;
 
     // randread4k
-    let span_blocks = (span_mib << 20).min(blk.capacity * 512) / u64::from(RAND_BYTES);
+    let span_blocks =
+        span_mib.saturating_mul(1 << 20).min(blk.capacity * 512) / u64::from(RAND_BYTES);
     let Some(bufs) = arena.alloc(qd as u64 * u64::from(RAND_BYTES), 4096) else {
         let _ = writeln!(Serial, "guest: bench: DMA arena exhausted");
         return status::CHECK_FAILED;
@@ -117,7 +118,7 @@ pub fn run(cmd: &[u8]) -> u8 {
         let _ = writeln!(Serial, "guest: bench: DMA arena exhausted");
         return status::CHECK_FAILED;
     };
-    let seq_requests = (mib << 20) / u64::from(seq);
+    let seq_requests = mib.saturating_mul(1 << 20) / u64::from(seq);
     // Requests wrap around the disk's whole `seq`-sized blocks.
     let disk_blocks = (blk.capacity * 512 / u64::from(seq)).max(1);
     let sectors = u64::from(seq) / 512;
