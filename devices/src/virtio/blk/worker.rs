@@ -228,6 +228,23 @@ impl BlockQueue {
             );
             return 0;
         };
+        // A request whose status cannot be reported (the byte is outside
+        // RAM) is refused before it runs, and counted once; holding the pin
+        // until the end also keeps a balloon off the status page meanwhile.
+        let _status_pin = match self.pin(
+            &Segment {
+                addr: status_addr,
+                len: 1,
+            },
+            true,
+        ) {
+            Ok(p) => p,
+            Err(Refused(class, why)) => {
+                self.stats
+                    .failed(&self.name, class, format_args!("status byte: {why}"));
+                return 0;
+            }
+        };
         let header = match chain.header_segments() {
             Some(segs) => {
                 let mut bytes = [0u8; HEADER_LEN as usize];
