@@ -171,6 +171,15 @@ impl BlockQueue {
             taken += 1;
             self.stats.request();
             let head = chain.head_index();
+            if head >= self.queue.size() {
+                // No used entry can name it: counted once, here.
+                self.stats.failed(
+                    &self.name,
+                    ErrorClass::Malformed,
+                    format_args!("chain head {head} is outside the queue: it cannot be completed"),
+                );
+                continue;
+            }
             let done = match Chain::from_descriptors(chain) {
                 Ok(c) => self.execute(&c),
                 Err(e) => {
