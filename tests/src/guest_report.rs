@@ -58,6 +58,105 @@ pub fn check_passing_report(serial: &str) -> Result<Vec<&str>, String> {
     Ok(lines)
 }
 
+/// The blk check lines every run with both disks (disk 0 read-write, disk 1
+/// read-only with the pattern of `0x524f_0000_0000_0000 | offset` words)
+/// must show as `[ok]` (prefixes after `guest: [ok] blk: `), under every VMM.
+pub const BLK_OK: &[&str] = &[
+    "single segment: 4 KiB written and read back",
+    "8 data descriptors: 64 KiB in 8 KiB segments",
+    "64 data descriptors of 512..4096 bytes",
+    "8 KiB buffers at page offsets 0x800 and 0xe00, crossing 4K boundaries",
+    "64 KiB buffers at ",
+    "HIGH_ALIAS: the CPU fills and checks 0x8",
+    "unaligned segments: ",
+    "header split over two descriptors",
+    "status byte shares the last data descriptor",
+    "indirect descriptors: ",
+    "FLUSH",
+    "queue depth 32: 1024 writes then 1024 reads of 4 KiB",
+    "bad request: data length 100 (not a multiple of 512): status 1",
+    "bad request: read straddling the end of the disk: status 1",
+    "bad request: read at sector 2^64-8 (byte offset overflows): status 1",
+    "bad request: unknown request type 0x7f: status 2",
+    "read-only disk: 64 KiB at sector 0 match the pattern",
+    "read-only disk: the last 8 sectors",
+    "read-only disk: 1048576 bytes at sector ",
+    "read-only disk: a 4 KiB write at sector 16 fails: IOERR, the pattern is intact",
+];
+
+/// The bad requests our `vmm` must refuse (`[ok]` lines) where QEMU's
+/// device mishandles them (the guest skips them there).
+pub const BLK_OK_VMM_ONLY: &[&str] = &[
+    "bad request: data descriptor in the MMIO hole",
+    "bad request: data descriptor beyond RAM",
+    "bad request: status descriptor not device-writable",
+    "bad request: looping chain",
+];
+
+/// Checks the blk part of a report with both disks attached: every
+/// [`BLK_OK`] line and every line of `also` as `[ok]`, a setup and a GET_ID
+/// line per disk (`guest-mm-blk0` read-write, `guest-mm-blk1` read-only),
+/// and the summary ([`blk_summary`]) with bytes verified and no failure.
+/// Returns the summary.
+pub fn check_blk_report(serial: &str, also: &[&str]) -> Result<(u64, u64, u64), String> {
+    let lines: Vec<&str> = serial.lines().collect();
+    let ok = |prefix: &str| {
+        let want = format!("guest: [ok] blk: {prefix}");
+        lines.iter().any(|l| l.starts_with(&want))
+    };
+    for want in BLK_OK.iter().chain(also) {
+        if !ok(want) {
+            return Err(format!("no `guest: [ok] blk: {want}...` line"));
+        }
+    }
+    for (id, kind) in [
+        ("guest-mm-blk0", "read-write"),
+        ("guest-mm-blk1", "read-only"),
+    ] {
+        if !lines.iter().any(|l| {
+            l.starts_with("guest: [ok] blk: disk") && l.contains(&format!(", {kind}, id \"{id}\""))
+        }) {
+            return Err(format!("no setup line for the {kind} disk {id}"));
+        }
+        if !lines.iter().any(|l| {
+            l.starts_with("guest: [ok] blk: GET_ID disk") && l.contains(&format!(": \"{id}\""))
+        }) {
+            return Err(format!("no GET_ID line for {id}"));
+        }
+    }
+    let summary = blk_summary(serial).ok_or("no (or a garbled) `guest: blk: ` summary line")?;
+    if summary.1 == 0 || summary.2 != 0 {
+        return Err(format!(
+            "blk summary: {} bytes verified, {} failures",
+            summary.1, summary.2
+        ));
+    }
+    Ok(summary)
+}
+
+/// The guest's virtio-blk summary, `guest: blk: <N> requests, <B> bytes
+/// verified, <F> failures`, as `(N, B, F)`; `None` if the report has no
+/// such line (no disk attached) or it does not parse.
+pub fn blk_summary(serial: &str) -> Option<(u64, u64, u64)> {
+    let line = serial
+        .lines()
+        .find_map(|l| l.strip_prefix("guest: blk: "))?;
+    let mut words = line.split_whitespace();
+    let mut number = |unit: &[&str]| -> Option<u64> {
+        let n = words.next()?.parse().ok()?;
+        for u in unit {
+            if words.next()?.trim_end_matches(',') != *u {
+                return None;
+            }
+        }
+        Some(n)
+    };
+    let requests = number(&["requests"])?;
+    let bytes = number(&["bytes", "verified"])?;
+    let failures = number(&["failures"])?;
+    Some((requests, bytes, failures))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +187,25 @@ mod tests {
         .is_err());
         let one_less = s.replacen("guest: [ok] sse: paddd and sqrtsd at CPL3 ...\n", "", 1);
         assert!(check_passing_report(&one_less).is_err());
+    }
+
+    #[test]
+    fn blk_summary_parses_the_line_and_only_it() {
+        let s =
+            "guest: [ok] blk: x\nguest: blk: 2102 requests, 5682688 bytes verified, 0 failures\n";
+        assert_eq!(blk_summary(s), Some((2102, 5682688, 0)));
+        assert_eq!(
+            blk_summary("guest: blk: 1 requests, 2 bytes verified, 3 failures"),
+            Some((1, 2, 3))
+        );
+        assert_eq!(blk_summary(&good()), None);
+        assert_eq!(
+            blk_summary("guest: blk: 1 requests, 2 bytes, 3 failures"),
+            None
+        );
+        assert_eq!(
+            blk_summary("guest: blk: many requests, 2 bytes verified, 3 failures"),
+            None
+        );
     }
 }

@@ -1,12 +1,15 @@
 // Copyright 2026 The guest-mm authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! What `vmm` does with its command line: check every flag and file, boot
-//! the VM, say why it stopped and how long it took, and return the process
-//! exit code (see [`crate::vm::ExitReason::exit_code`]).
+//! What `vmm` does with its command line: check every flag and file, open
+//! the disks (or make the default run's scratch disks), boot the VM, say
+//! why it stopped, what each device and the GUP engine did and how long it
+//! took, and return the process exit code (see
+//! [`crate::vm::ExitReason::exit_code`]).
 
 use std::ffi::OsString;
 use std::io::{Cursor, Read};
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -14,6 +17,8 @@ use crate::cli::{open_file, Cli, DEFAULT_LINUX_CMDLINE};
 use crate::error::{Error, Result, EXIT_VMM_ERROR};
 use crate::event_loop::block_stop_signals;
 use crate::guest_image;
+use crate::scratch::ScratchDisks;
+use crate::virtio;
 use crate::vm::{self, ExitReason, RunReport, VmConfig};
 
 /// Parses `args` (program name first), runs the VM, returns the exit code.
@@ -52,12 +57,25 @@ fn read_all(flag: &'static str, path: &std::path::PathBuf) -> Result<Vec<u8>> {
 pub fn run(cli: Cli) -> Result<i32> {
     // First, before any thread exists: every thread inherits the mask.
     let signals = block_stop_signals()?;
-    for disk in &cli.disk {
-        disk.open()?;
+    // The default run (the built-in guest, no --disk) gets two scratch
+    // disks; their directory goes when `scratch` is dropped, on every path
+    // out of this function.
+    let scratch = if cli.kernel.is_none() && cli.disk.is_empty() {
+        Some(ScratchDisks::create()?)
+    } else {
+        None
+    };
+    let disk_args = scratch.as_ref().map_or(&cli.disk, |s| &s.disks);
+    let disks = virtio::open_disks(disk_args, Duration::from_micros(cli.blk_poll_us))?;
+    if !disks.is_empty() {
         eprintln!(
-            "vmm: --disk {}: opened {}, but NOT attached: virtio-blk is not implemented yet, the guest sees no disk",
-            disk.path.display(),
-            if disk.read_only { "read-only" } else { "read-write" }
+            "vmm: disks: {}{}",
+            virtio::describe_disks(&disks),
+            if scratch.is_some() {
+                " (scratch disks, removed at exit)"
+            } else {
+                ""
+            }
         );
     }
     let initrd = match &cli.initrd {
@@ -82,6 +100,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.to_string()),
                 console,
+                disks,
             },
             signals,
         )?,
@@ -94,11 +113,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 initrd,
                 cmdline: cli.cmdline.clone().unwrap_or_default(),
                 console,
+                disks,
             },
             signals,
         )?,
     };
     print_report(&report);
+    drop(scratch);
     Ok(report.exit.exit_code())
 }
 
@@ -111,6 +132,21 @@ fn print_report(r: &RunReport) {
         eprintln!(
             "vmm: ignored {} port and {} MMIO accesses that no device claims",
             r.pio_unhandled, r.mmio_unhandled
+        );
+    }
+    for d in &r.devices {
+        eprintln!("vmm: {d}");
+    }
+    if !r.devices.is_empty() {
+        eprintln!("vmm: {}", virtio::gup_summary(&r.gup));
+        eprintln!(
+            "vmm: virtio: interrupts by irqfd, queue notifies by {}; {} notifies took an MMIO exit",
+            if r.ioeventfd {
+                "ioeventfd"
+            } else {
+                "MMIO exit (KVM refused ioeventfd)"
+            },
+            r.notify_exits
         );
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;

@@ -2,8 +2,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The event loop (event-manager) on the main thread: the exit eventfd the
-//! vCPU threads write when the VM must stop, a signalfd for SIGINT and
-//! SIGTERM (Ctrl-C stops the VM cleanly), and stdin fed to the serial
+//! vCPU threads write when the VM must stop, a signalfd for SIGINT,
+//! SIGTERM and SIGHUP (Ctrl-C or a closed terminal stops the VM cleanly:
+//! devices stopped, scratch disks removed), and stdin fed to the serial
 //! console.
 
 use std::fs::File;
@@ -18,7 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::error::{Error, Result};
 use crate::vm::{ExitReason, VmShared};
 
-/// Blocks SIGINT and SIGTERM in the calling thread (call it on the main
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (call it on the main
 /// thread before any other thread exists, so that every thread inherits
 /// the mask) and returns a signalfd that reads them.
 pub fn block_stop_signals() -> Result<File> {
@@ -30,10 +31,11 @@ pub fn block_stop_signals() -> Result<File> {
         let mut set = set.assume_init();
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(Error::Host {
-                what: "blocking SIGINT/SIGTERM",
+                what: "blocking SIGINT/SIGTERM/SIGHUP",
                 source: io::Error::from_raw_os_error(rc),
             });
         }
@@ -64,7 +66,7 @@ impl MutEventSubscriber for ExitWatch {
     }
 }
 
-/// SIGINT / SIGTERM: stop the VM.
+/// SIGINT / SIGTERM / SIGHUP: stop the VM.
 struct Signals {
     fd: File,
     shared: Arc<VmShared>,
@@ -84,7 +86,9 @@ impl MutEventSubscriber for Signals {
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
-            eprintln!("vmm: watching SIGINT/SIGTERM: {e:?}; Ctrl-C will not stop the VM cleanly");
+            eprintln!(
+                "vmm: watching SIGINT/SIGTERM/SIGHUP: {e:?}; Ctrl-C will not stop the VM cleanly"
+            );
         }
     }
 }

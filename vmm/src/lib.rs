@@ -11,6 +11,8 @@
 //! - [`event_loop`]: event-manager loop for exit, signals and stdin.
 //! - [`guest_image`]: the embedded built-in guest.
 //! - [`paging`]: a vCPU's `kvm_sregs` as a guest-mm paging context.
+//! - [`virtio`]: the virtio-blk disks on the MMIO bus (placement, command
+//!   line, irqfd/ioeventfd, reports); [`scratch`]: the default run's disks.
 
 #![deny(missing_docs)]
 
@@ -23,5 +25,7 @@ pub mod event_loop;
 pub mod guest_image;
 pub mod memory;
 pub mod paging;
+pub mod scratch;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;

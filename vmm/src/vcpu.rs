@@ -4,8 +4,8 @@
 //! vCPUs: their initial state (CPUID, MSRs, FPU, LAPIC, the boot entry
 //! registers) and the run loop each vCPU thread executes.
 //!
-//! A vCPU thread handles its own port and MMIO exits (the devices are
-//! behind a mutex) and reports why the VM must stop through
+//! A vCPU thread handles its own port and MMIO exits (the port devices
+//! are behind one mutex, each virtio-mmio transport behind its own) and reports why the VM must stop through
 //! [`VmShared::request_exit`]. The event loop stops the others by setting
 //! [`VmShared::stop`] and kicking each thread with [`kick_signal`] until it
 //! has left `KVM_RUN`.
@@ -211,13 +211,19 @@ impl Vcpu {
                     }
                 }
                 VcpuExit::IoIn(port, data) => shared.lock_bus().read(port, data),
-                VcpuExit::MmioRead(_, data) => {
-                    // No MMIO devices yet: an empty bus reads all ones.
-                    data.fill(0xff);
-                    shared.mmio_unhandled.fetch_add(1, Ordering::Relaxed);
+                VcpuExit::MmioRead(addr, data) => {
+                    // Unclaimed addresses read as all ones.
+                    if !shared.mmio.read(addr, data) {
+                        shared.mmio_unhandled.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                VcpuExit::MmioWrite(_, _) => {
-                    shared.mmio_unhandled.fetch_add(1, Ordering::Relaxed);
+                VcpuExit::MmioWrite(addr, data) => {
+                    if !shared.mmio.write(addr, data) {
+                        shared.mmio_unhandled.fetch_add(1, Ordering::Relaxed);
+                    } else if crate::virtio::is_queue_notify(addr) {
+                        // With ioeventfds KVM takes these without an exit.
+                        shared.notify_exits.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::Hlt => {}
                 VcpuExit::Shutdown => {

@@ -2,8 +2,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! One VM from start to stop: KVM VM, memory slots, irqchip and PIT, the
-//! devices, the kernel, the vCPU threads and the event loop; and why it
-//! stopped ([`ExitReason`]), which decides the process exit code
+//! devices (port I/O, and the virtio-blk disks on the MMIO bus, see
+//! [`crate::virtio`]), the kernel, the vCPU threads and the event loop; and
+//! why it stopped ([`ExitReason`]), which decides the process exit code
 //! ([`ExitReason::exit_code`]).
 
 use std::io::{self, Write};
@@ -12,8 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use devices::mmio::MmioBus;
 use devices::pio::PioBus;
 use devices::serial::{SerialConsole, COM1_IRQ};
+use devices::virtio::blk::Block;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::ReadVolatile;
@@ -39,7 +42,7 @@ pub enum ExitReason {
     Reset,
     /// Triple fault, KVM internal error, failed entry: the report (with registers).
     Crash(String),
-    /// The VMM received this signal (SIGINT, SIGTERM).
+    /// The VMM received this signal (SIGINT, SIGTERM, SIGHUP).
     Signal(i32),
     /// A vCPU thread failed (a KVM call error).
     VcpuError(String),
@@ -102,8 +105,13 @@ pub struct VmShared {
     pub exit_evt: EventFd,
     /// Set by the event loop to stop the vCPU threads.
     pub stop: AtomicBool,
+    /// The virtio-mmio devices (each transport behind its own lock).
+    pub mmio: MmioBus,
     /// Guest MMIO accesses no device claimed.
     pub mmio_unhandled: AtomicU64,
+    /// Queue notifies (writes to a virtio QueueNotify register) that took
+    /// an MMIO exit: 0 while KVM takes them as ioeventfds.
+    pub notify_exits: AtomicU64,
 }
 
 impl VmShared {
@@ -144,8 +152,12 @@ pub struct VmConfig<K> {
     pub kernel: K,
     /// The initramfs (name, bytes).
     pub initrd: Option<(String, Vec<u8>)>,
-    /// The command line.
+    /// The command line (a `virtio_mmio.device=` entry per disk is
+    /// appended to it).
     pub cmdline: String,
+    /// The disks, attached in order as virtio-blk devices (see
+    /// [`crate::virtio`]).
+    pub disks: Vec<Block>,
     /// Where the serial console writes.
     pub console: Box<dyn Write + Send>,
 }
@@ -163,6 +175,15 @@ pub struct RunReport {
     pub pio_unhandled: u64,
     /// MMIO accesses no device claimed.
     pub mmio_unhandled: u64,
+    /// One summary line per virtio device (taken after its worker stopped).
+    pub devices: Vec<String>,
+    /// The GUP engine's counters at the stop (after the devices stopped).
+    pub gup: guest_mm::gup::GupCounters,
+    /// Whether KVM took the queue notifiers as ioeventfds (false when it
+    /// refused; true too when there were no devices).
+    pub ioeventfd: bool,
+    /// Queue notifies that took an MMIO exit.
+    pub notify_exits: u64,
 }
 
 /// Owns the VM fd before the memory: the fd closes first (see
@@ -175,7 +196,7 @@ struct Vm {
 }
 
 /// Boots and runs a VM until it stops; `signals` is the signalfd of the
-/// blocked SIGINT/SIGTERM (see [`event_loop::block_stop_signals`]).
+/// blocked SIGINT/SIGTERM/SIGHUP (see [`event_loop::block_stop_signals`]).
 pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     mut config: VmConfig<K>,
     signals: std::fs::File,
@@ -198,15 +219,24 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         })
         .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
+    let cmdline = crate::virtio::cmdline_with_devices(&config.cmdline, config.disks.len());
     let entry = boot::load(
         &mem,
         BootSpec {
             kernel_name: config.kernel_name.clone(),
             kernel: &mut config.kernel,
             initrd: config.initrd.take(),
-            cmdline: &config.cmdline,
+            cmdline: &cmdline,
             ram_bytes: config.ram_bytes,
         },
+    )?;
+    let mut mmio = MmioBus::new();
+    let attached = crate::virtio::attach(
+        &vm_fd,
+        &mem,
+        &gup,
+        &mut mmio,
+        std::mem::take(&mut config.disks),
     )?;
 
     let serial_irq =
@@ -224,7 +254,9 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         exit: Mutex::new(None),
         exit_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::host("creating the exit eventfd"))?,
         stop: AtomicBool::new(false),
+        mmio,
         mmio_unhandled: AtomicU64::new(0),
+        notify_exits: AtomicU64::new(0),
     });
 
     let supported = kvm
@@ -270,6 +302,11 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     };
     let exit_after = start.elapsed();
     stop_vcpus(&shared, threads);
+    // The devices stop before the VM fd closes and before the memory goes:
+    // each worker is joined and its pins released here.
+    let ioeventfd = attached.ioeventfd;
+    let devices = attached.stop();
+    let gup = vm._gup.stats();
     drop(vm.fd);
     let pio_unhandled = shared.lock_bus().unhandled();
     Ok(RunReport {
@@ -278,6 +315,10 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         exit_after,
         pio_unhandled,
         mmio_unhandled: shared.mmio_unhandled.load(Ordering::Relaxed),
+        devices,
+        gup,
+        ioeventfd,
+        notify_exits: shared.notify_exits.load(Ordering::Relaxed),
     })
 }
 

@@ -5,7 +5,15 @@
 //!
 //! - `builtin_guest_boots_and_reports`: no arguments: the embedded built-in
 //!   guest prints the same report it prints under QEMU's microvm (the list
-//!   is shared with tests/tests/guest_qemu.rs) and `vmm` exits 0.
+//!   is shared with tests/tests/guest_qemu.rs) and `vmm` exits 0; it drives
+//!   the two scratch disks (virtio-blk): bytes verified, no failure, each
+//!   device's counters (every class of bad request the guest sends counted
+//!   as such), the GUP engine's fast hits, notifies through ioeventfd, the
+//!   scratch directory gone at exit.
+//! - `disks_*`: explicit `--disk` images (read-write with O_DIRECT, and a
+//!   read-only one written by the test) are driven and really written;
+//!   `--disk` errors name the flag and the file; the scratch directory goes
+//!   on error and signal paths too.
 //! - `exit_*`, `triple_fault_*`, `sigterm_*`: tiny PVH kernels written by
 //!   the test (a few 32-bit instructions) check the exit-status convention:
 //!   the exit port's value itself, 0 for an i8042 reset, 124 with the
@@ -91,6 +99,108 @@ fn run(args: &[&str]) -> Out {
     finish(vmm().args(args).spawn().expect("starting vmm"))
 }
 
+/// `key=<u64>` in `line`.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// The `vmm: virtio-blk<i> (...)` line of device `i`.
+fn device_line(stderr: &str, i: usize) -> Option<&str> {
+    let prefix = format!("vmm: virtio-blk{i} (");
+    stderr.lines().find(|l| l.starts_with(&prefix))
+}
+
+/// The scratch directory named on the `vmm: disks:` line.
+fn scratch_dir(stderr: &str) -> Option<PathBuf> {
+    let line = stderr.lines().find(|l| l.starts_with("vmm: disks: "))?;
+    if !line.ends_with("(scratch disks, removed at exit)") {
+        return None;
+    }
+    let path = line.split_whitespace().nth(3)?;
+    Some(Path::new(path).parent()?.to_path_buf())
+}
+
+/// What every run with the guest's blk scenarios on two disks (disk 0
+/// read-write, disk 1 read-only with the pattern) shows: every blk check
+/// passed and the guest's blk summary (bytes verified, no failure), no
+/// skipped check, a counter line per device whose
+/// requests add up to the guest's, every bad-request class the guest sends
+/// counted, the GUP line with fast hits, the notify path.
+fn check_blk_run(out: &Out, dump: &str) {
+    // Every scenario passed, including the bad requests QEMU mishandles.
+    let (requests, _, _) =
+        guest_report::check_blk_report(&out.stdout, guest_report::BLK_OK_VMM_ONLY)
+            .unwrap_or_else(|e| panic!("{e}; {dump}"));
+    assert!(!out.stdout.contains("[skip]"), "{dump}");
+    let dev0 = device_line(&out.stderr, 0).unwrap_or_else(|| panic!("no blk0 line; {dump}"));
+    let dev1 = device_line(&out.stderr, 1).unwrap_or_else(|| panic!("no blk1 line; {dump}"));
+    assert!(!dev0.contains(", ro,") && dev1.contains(", ro,"), "{dump}");
+    let count = |l: &str, k: &str| field(l, k).unwrap_or_else(|| panic!("no {k}= in `{l}`"));
+    assert_eq!(
+        count(dev0, "requests") + count(dev1, "requests"),
+        requests,
+        "the devices did not take the requests the guest made; {dump}"
+    );
+    assert!(
+        count(dev0, "writes") > 0 && count(dev0, "bytes_written") > 0,
+        "{dump}"
+    );
+    assert!(
+        count(dev1, "reads") > 0 && count(dev1, "writes") == 0,
+        "{dump}"
+    );
+    // The guest's bad requests, each refused and counted in its class: the
+    // MMIO hole and beyond RAM (bad_address), a length of 100 bytes
+    // (unaligned_length), past the end and a sector that overflows
+    // (out_of_range), type 0x7f (unsupported), a read-only status
+    // descriptor and a looping chain (malformed), on disk 0; a write to
+    // the read-only disk 1 (read_only).
+    for class in [
+        "malformed",
+        "bad_address",
+        "unaligned_length",
+        "out_of_range",
+        "unsupported",
+    ] {
+        assert!(
+            field(dev0, class).unwrap_or(0) > 0,
+            "no {class} on disk 0; {dump}"
+        );
+    }
+    assert!(field(dev1, "read_only").unwrap_or(0) > 0, "{dump}");
+    let errors = count(dev0, "errors") + count(dev1, "errors");
+    let bad_lines = out
+        .stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("guest: [ok] blk: bad request: ")
+                || l.starts_with("guest: [ok] blk: read-only disk: a ")
+        })
+        .count() as u64;
+    assert_eq!(errors, bad_lines, "one error per bad request; {dump}");
+    let gup = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: gup: requests="))
+        .unwrap_or_else(|| panic!("no gup line; {dump}"));
+    assert!(count(gup, "fast_hits") > 0, "{dump}");
+    assert!(count(gup, "requests") >= count(gup, "fast_hits"), "{dump}");
+    assert!(gup.contains(" fallbacks: "), "{dump}");
+    // Notifies reach the worker through KVM's ioeventfd, without an exit
+    // (or, where KVM refuses ioeventfds, through MMIO exits, and it says so).
+    let virtio = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: virtio: "))
+        .unwrap_or_else(|| panic!("no virtio line; {dump}"));
+    if virtio.contains("by ioeventfd;") {
+        assert!(virtio.ends_with("; 0 notifies took an MMIO exit"), "{dump}");
+    } else {
+        assert!(virtio.contains("KVM refused ioeventfd"), "{dump}");
+    }
+}
+
 #[test]
 fn builtin_guest_boots_and_reports() {
     if !kvm_or_skip("builtin_guest_boots_and_reports") {
@@ -111,6 +221,25 @@ fn builtin_guest_boots_and_reports() {
         ),
         "{dump}"
     );
+    // Two scratch disks, announced on the command line the Linux way.
+    let disks = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: disks: "))
+        .unwrap_or_else(|| panic!("no disks line; {dump}"));
+    assert!(
+        disks.contains("(rw, 32 MiB) at 0xd0000000 irq 5")
+            && disks.contains("(ro, 4 MiB) at 0xd0001000 irq 6"),
+        "{dump}"
+    );
+    assert!(
+        out.stdout
+            .contains("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"),
+        "the guest did not print the device entries of its command line; {dump}"
+    );
+    check_blk_run(&out, &dump);
+    let dir = scratch_dir(&out.stderr).unwrap_or_else(|| panic!("no scratch dir; {dump}"));
+    assert!(!dir.exists(), "{} is still there", dir.display());
     let timing = out
         .stderr
         .lines()
@@ -360,22 +489,118 @@ fn cli_bad_numbers_name_the_flag() {
     assert_error(&run(&["--frobnicate"]), &["--frobnicate"]);
 }
 
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).expect("writing a test file");
+        TempFile(path)
+    }
+
+    fn arg(&self, options: &str) -> String {
+        format!("{}{options}", self.0.display())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[test]
-fn cli_disks_are_checked_and_not_attached() {
+fn disks_errors_name_the_flag_and_the_file() {
     let out = run(&["--disk", "/nonexistent/disk.img,ro"]);
     assert_error(&out, &["--disk /nonexistent/disk.img", "No such file"]);
     let out = run(&["--disk", "x.img,rw"]);
-    assert_error(&out, &["--disk", "`rw`"]);
-    if !kvm_or_skip("cli_disks_are_checked_and_not_attached (boot part)") {
+    assert_error(&out, &["--disk", "x.img,rw", "`rw`"]);
+    let out = run(&["--disk", "x.img,ro,direct,fast"]);
+    assert_error(&out, &["--disk", "`fast`"]);
+    // A read-write disk must open read-write.
+    let ro = TempFile::new("readonly.img", &[0u8; 4096]);
+    let mut perms = std::fs::metadata(&ro.0).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+    std::fs::set_permissions(&ro.0, perms).unwrap();
+    if std::fs::OpenOptions::new().write(true).open(&ro.0).is_err() {
+        // (root opens it anyway)
+        let out = run(&["--disk", &ro.arg("")]);
+        assert_error(&out, &[&format!("--disk {}", ro.0.display())]);
+    }
+    let out = run(&["--blk-poll-us", "forever"]);
+    assert_error(&out, &["--blk-poll-us"]);
+}
+
+#[test]
+fn disks_explicit_images_are_driven_and_written() {
+    if !kvm_or_skip("disks_explicit_images_are_driven_and_written") {
         return;
     }
-    let disk = std::env::temp_dir().join(format!("vmm-test-{}-disk.img", std::process::id()));
-    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
-    let arg = format!("{},ro", disk.display());
-    let out = run(&["--disk", &arg]);
-    let _ = std::fs::remove_file(&disk);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stderr.contains("NOT attached"), "{}", out.stderr);
+    // Disk 0: 16 MiB of zeroes, read-write with O_DIRECT; disk 1: the
+    // read-only pattern the guest checks (word at offset o = 0x524f.. | o).
+    let rw = TempFile::new("rw.img", &vec![0u8; 16 << 20]);
+    let pattern: Vec<u8> = (0..(4u64 << 20))
+        .step_by(8)
+        .flat_map(|o| (0x524f_0000_0000_0000u64 | o).to_le_bytes())
+        .collect();
+    let ro = TempFile::new("ro.img", &pattern);
+    let out = run(&[
+        "--disk",
+        &rw.arg(",direct"),
+        "--disk",
+        &ro.arg(",ro"),
+        "--blk-poll-us",
+        "0",
+    ]);
+    let dump = format!("{:?}\n{}\n{}", out.code, out.stdout, out.stderr);
+    guest_report::check_passing_report(&out.stdout).unwrap_or_else(|e| panic!("{e}; {dump}"));
+    assert_eq!(out.code, Some(0), "{dump}");
+    assert!(
+        out.stderr.contains(&format!(
+            "vmm: disks: virtio-blk0 {} (rw, 16 MiB) at 0xd0000000 irq 5, virtio-blk1 {} (ro, 4 MiB) at 0xd0001000 irq 6\n",
+            rw.0.display(),
+            ro.0.display()
+        )),
+        "{dump}"
+    );
+    check_blk_run(&out, &dump);
+    // The guest's writes reached the file; the read-only one is untouched.
+    let written = std::fs::read(&rw.0).unwrap();
+    let nonzero = written.iter().filter(|&&b| b != 0).count();
+    assert!(nonzero > 4096, "{nonzero} non-zero bytes in disk 0");
+    assert!(std::fs::read(&ro.0).unwrap() == pattern, "disk 1 changed");
+}
+
+#[test]
+fn disks_scratch_directory_goes_on_errors_and_signals() {
+    // An error after the scratch disks were made (the initrd is missing).
+    let out = run(&["--initrd", "/nonexistent/initrd.cpio"]);
+    assert_error(&out, &["--initrd /nonexistent/initrd.cpio"]);
+    let dir = scratch_dir(&out.stderr).unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    if !kvm_or_skip("disks_scratch_directory_goes_on_errors_and_signals (signal part)") {
+        return;
+    }
+    // SIGTERM while the guest runs (its benchmark keeps it busy for a
+    // while; the signal comes as soon as it printed its first line).
+    let mut child = vmm()
+        .args(["--cmdline", "guest.bench=blk"])
+        .spawn()
+        .expect("starting vmm");
+    let mut so = child.stdout.take().expect("piped");
+    let mut b = [0u8; 1];
+    so.read_exact(&mut b).expect("the guest's first byte");
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    child.stdout = Some(so);
+    let out = finish(child);
+    assert_eq!(out.code, Some(128 + libc::SIGTERM), "{}", out.stderr);
+    let dir = scratch_dir(&out.stderr).unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    // The devices stopped cleanly and still reported.
+    assert!(device_line(&out.stderr, 0).is_some(), "{}", out.stderr);
 }
 
 #[test]
@@ -405,6 +630,7 @@ fn cli_help_succeeds() {
         "--mem",
         "--vcpus",
         "--disk",
+        "--blk-poll-us",
     ] {
         assert!(out.stdout.contains(flag), "{}", out.stdout);
     }
