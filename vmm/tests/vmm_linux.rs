@@ -5,8 +5,9 @@
 //! from Debian packages, cached in target/linux) as an ELF vmlinux through
 //! the Linux 64-bit boot protocol, with an initramfs and a command line, and
 //! the kernel's early console shows what we gave it: its version banner,
-//! our command line, our e820 map (`BIOS-e820:` lines) and our initramfs
-//! (`RAMDISK:`).
+//! our command line (with the `virtio_mmio.device=` entry `vmm` appends for
+//! the `--disk` it is given), our e820 map (`BIOS-e820:` lines) and our
+//! initramfs (`RAMDISK:`).
 //!
 //! That is as far as this machine takes that kernel: its software KVM
 //! (kvm_pvm) emulates every CPL0 instruction (about 1 us each) and cannot
@@ -88,6 +89,10 @@ fn debian_vmlinux_prints_its_early_console() {
     };
     let vmlinux = dir.join("vmlinux");
     let initrd = dir.join("initramfs.cpio.gz");
+    // A disk: `vmm` announces it on the command line (Debian's kernel has
+    // virtio_mmio as a module, so it only shows the entry here).
+    let disk = std::env::temp_dir().join(format!("vmm-linux-test-{}.img", std::process::id()));
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("writing the test disk");
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .arg("--kernel")
@@ -95,6 +100,8 @@ fn debian_vmlinux_prints_its_early_console() {
         .arg("--initrd")
         .arg(&initrd)
         .args(["--mem", "256", "--cmdline", CMDLINE])
+        .arg("--disk")
+        .arg(&disk)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -115,7 +122,7 @@ fn debian_vmlinux_prints_its_early_console() {
     let map_low = "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable";
     let map_hole = "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved";
     let map_high = "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable";
-    let command_line = format!("Command line: {CMDLINE}");
+    let command_line = format!("Command line: {CMDLINE} virtio_mmio.device=4K@0xd0000000:5");
     let wanted: Vec<&str> = vec![
         "Linux version ",
         &command_line,
@@ -151,6 +158,7 @@ fn debian_vmlinux_prints_its_early_console() {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     }
     let status = child.wait().expect("waiting for vmm");
+    let _ = std::fs::remove_file(&disk);
     let _ = reader.join();
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
