@@ -65,7 +65,8 @@ pub struct Segment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChainError {
     /// The chain loops, names a descriptor outside the table, has an
-    /// unreadable or invalid (indirect) table, or is longer than 4 GiB.
+    /// unreadable or invalid (indirect) table, is longer than 4 GiB, or has
+    /// a buffer that runs past the end of the 64-bit address space.
     Truncated,
     /// A device-readable descriptor follows a device-writable one.
     ReadableAfterWritable,
@@ -92,6 +93,11 @@ impl Chain {
             last_has_next = d.has_next();
             if d.len() == 0 {
                 continue;
+            }
+            // Every `addr + len` computed later (the status byte, splits)
+            // must not wrap around to low guest memory.
+            if d.addr().0.checked_add(u64::from(d.len())).is_none() {
+                return Err(ChainError::Truncated);
             }
             let seg = Segment {
                 addr: d.addr().0,
@@ -454,5 +460,14 @@ mod tests {
             [desc(0x3000, 1, w | n, 1), desc(0x1000, 16, 0, 0)].into_iter(),
         );
         assert_eq!(e, Err(ChainError::ReadableAfterWritable));
+        // A buffer running past 2^64 (its status byte would wrap to 0xff).
+        let e = Chain::from_descriptors(
+            [desc(0x1000, 16, n, 1), desc(u64::MAX - 0xff, 0x200, w, 0)].into_iter(),
+        );
+        assert_eq!(e, Err(ChainError::Truncated));
+        let e = Chain::from_descriptors(
+            [desc(0x1000, 16, n, 1), desc(u64::MAX - 0xff, 0x100, w, 0)].into_iter(),
+        );
+        assert_eq!(e, Err(ChainError::Truncated));
     }
 }
