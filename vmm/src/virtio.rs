@@ -12,6 +12,7 @@
 //! MMIO hole [`crate::memory`] leaves at 3..4 GiB), interrupt GSI
 //! [`gsi`]`(i)` = 5 + i, GET_ID string `guest-mm-blk<i>`.
 
+use std::os::unix::fs::FileTypeExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +102,19 @@ pub fn open_disks(disks: &[DiskArg], poll: Duration) -> Result<Vec<Block>> {
         .iter()
         .enumerate()
         .map(|(index, d)| {
+            let file_err = |source| Error::File {
+                flag: "--disk",
+                path: d.path.clone(),
+                source,
+            };
+            // A directory opens read-only and would read as garbage; FIFOs
+            // and sockets have no size.
+            let kind = std::fs::metadata(&d.path).map_err(file_err)?.file_type();
+            if !kind.is_file() && !kind.is_block_device() {
+                return Err(file_err(std::io::Error::other(
+                    "not a regular file or a block device",
+                )));
+            }
             let cfg = BlockConfig {
                 disk: DiskOptions {
                     path: d.path.clone(),
@@ -111,11 +125,7 @@ pub fn open_disks(disks: &[DiskArg], poll: Duration) -> Result<Vec<Block>> {
                 index,
                 poll,
             };
-            Block::new(&cfg).map_err(|source| Error::File {
-                flag: "--disk",
-                path: d.path.clone(),
-                source,
-            })
+            Block::new(&cfg).map_err(file_err)
         })
         .collect()
 }
@@ -293,6 +303,16 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.starts_with("--disk /nonexistent: "), "{e}");
+        let dir = DiskArg {
+            path: "/".into(),
+            read_only: true,
+            direct: false,
+        };
+        let e = open_disks(&[dir], Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e, "--disk /: not a regular file or a block device");
     }
 
     #[test]

@@ -518,6 +518,8 @@ fn disks_errors_name_the_flag_and_the_file() {
     assert_error(&out, &["--disk", "x.img,rw", "`rw`"]);
     let out = run(&["--disk", "x.img,ro,direct,fast"]);
     assert_error(&out, &["--disk", "`fast`"]);
+    let out = run(&["--disk", "/,ro"]);
+    assert_error(&out, &["--disk /: not a regular file or a block device"]);
     // A read-write disk must open read-write.
     let ro = TempFile::new("readonly.img", &[0u8; 4096]);
     let mut perms = std::fs::metadata(&ro.0).unwrap().permissions();
