@@ -147,6 +147,10 @@ impl Disk {
         if self.read_only {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
+        // Nothing to do (fallocate refuses a length of 0 with EINVAL).
+        if len == 0 {
+            return Ok(());
+        }
         let fd = self.file.as_raw_fd();
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
