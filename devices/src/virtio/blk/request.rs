@@ -321,7 +321,14 @@ pub fn classify(
                 return fail(ErrorClass::ReadOnly, req_status::IOERR);
             }
             let len: u64 = readable.iter().map(|s| s.len).sum();
-            if !writable.is_empty() || len == 0 || len % RANGE_LEN != 0 {
+            // At most the max_discard_seg ranges we announce: the worker
+            // copies the list into a buffer of this size, which the guest
+            // must not be able to make gigabytes long.
+            if !writable.is_empty()
+                || len == 0
+                || len % RANGE_LEN != 0
+                || len / RANGE_LEN > u64::from(super::MAX_DISCARD_SEG)
+            {
                 return fail(ErrorClass::Malformed, req_status::IOERR);
             }
             Op::Ranges {
