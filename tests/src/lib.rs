@@ -3,6 +3,7 @@
 
 //! Shared helpers for the cross-crate integration tests.
 
+pub mod fuzz_blk;
 pub mod fuzz_gup;
 mod fuzz_input;
 pub mod fuzz_walker;

@@ -1,12 +1,13 @@
 // Copyright 2026 The guest-mm authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Replay the committed fuzz corpora (fuzz/corpus/walker/ and
-//! fuzz/corpus/gup/) through the fuzz targets' bodies, so `cargo test` keeps
-//! every input the fuzzer found interesting passing. Set
-//! `FUZZ_REPLAY=<file or directory>` (walker) or
-//! `FUZZ_REPLAY_GUP=<file or directory>` (gup) to replay something else
-//! instead (e.g. a crash artifact), with its panic message.
+//! Replay the committed fuzz corpora (fuzz/corpus/walker/,
+//! fuzz/corpus/gup/ and fuzz/corpus/virtio_blk/) through the fuzz targets'
+//! bodies, so `cargo test` keeps every input the fuzzer found interesting
+//! passing. Set `FUZZ_REPLAY=<file or directory>` (walker),
+//! `FUZZ_REPLAY_GUP=<file or directory>` (gup) or
+//! `FUZZ_REPLAY_BLK=<file or directory>` (virtio_blk) to replay something
+//! else instead (e.g. a crash artifact), with its panic message.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -105,6 +106,46 @@ fn gup_corpus_replays() {
         start.elapsed()
     );
     for (what, count) in integration_tests::fuzz_gup::histogram(&outcomes) {
+        println!("  {count:6}  {what}");
+    }
+}
+
+#[test]
+fn virtio_blk_corpus_replays() {
+    // Replaying chosen inputs also prints each case's log.
+    let chosen = std::env::var_os("FUZZ_REPLAY_BLK");
+    let path = match &chosen {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/virtio_blk"),
+    };
+    let files = inputs(&path);
+    assert!(
+        !files.is_empty(),
+        "no fuzz inputs in {}: the corpus must be committed",
+        path.display()
+    );
+    let start = std::time::Instant::now();
+    let mut bytes = 0;
+    let mut outcomes = Vec::new();
+    for file in &files {
+        let data = fs::read(file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        bytes += data.len();
+        // Names the input if `run` panics (the panic message has the case).
+        eprintln!("replaying {}", file.display());
+        let outcome = integration_tests::fuzz_blk::run(&data);
+        if chosen.is_some() {
+            println!("--- {} ---\n{}", file.display(), outcome.log);
+        }
+        outcomes.push(outcome);
+    }
+    println!(
+        "replayed {} virtio_blk fuzz inputs ({} bytes) from {} in {:.2?}; inputs exercising:",
+        files.len(),
+        bytes,
+        path.display(),
+        start.elapsed()
+    );
+    for (what, count) in integration_tests::fuzz_blk::histogram(&outcomes) {
         println!("  {count:6}  {what}");
     }
 }
