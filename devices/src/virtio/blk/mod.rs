@@ -7,6 +7,7 @@
 //! * [`request`]: a chain taken apart into header, data and status, with
 //!   every layout the spec allows.
 //! * [`disk`]: the backing file (preadv/pwritev, flush, discard).
+//! * [`pool`]: I/O threads for large transfers.
 //! * [`worker`]: the request path (pin, transfer, release, status, used
 //!   ring, interrupt) and its thread.
 //! * [`stats`]: counters and error classes.
@@ -15,6 +16,7 @@
 //! the worker's life cycle (started at DRIVER_OK, stopped at reset).
 
 pub mod disk;
+pub mod pool;
 pub mod request;
 pub mod stats;
 pub mod worker;
@@ -220,7 +222,10 @@ impl VirtioDevice for Block {
         let Some(notifier) = activation.notifiers.pop() else {
             return Err(ActivateError("no notifier for the queue".into()));
         };
-        let queue = self.queue_for(activation)?;
+        let mut queue = self.queue_for(activation)?;
+        queue
+            .attach_pool(pool::POOL_THREADS)
+            .map_err(|e| ActivateError(format!("starting the I/O threads: {e}")))?;
         let w = worker::spawn(queue, notifier, self.poll)
             .map_err(|e| ActivateError(format!("spawning the worker thread: {e}")))?;
         self.worker = Some(w);

@@ -27,6 +27,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::Disk;
+use super::pool::{Finished, Job, Pool, POOL_MIN_BYTES};
 use super::request::{
     classify, req_status, Chain, ChainError, Header, Op, Segment, Supported, HEADER_LEN, ID_LEN,
     RANGE_LEN, SECTOR_SIZE,
@@ -56,6 +57,7 @@ pub struct BlockQueue {
     broken: bool,
     iovs: Vec<libc::iovec>,
     pins: Vec<Pinned>,
+    pool: Option<Pool>,
 }
 
 // SAFETY: the raw pointers in `iovs` are scratch space, only meaningful
@@ -101,7 +103,65 @@ impl BlockQueue {
             broken: false,
             iovs: Vec::new(),
             pins: Vec::new(),
+            pool: None,
         }
+    }
+
+    /// Hands transfers of at least [`POOL_MIN_BYTES`] to `threads` I/O
+    /// threads ([`Pool`]); without a pool every request runs inline.
+    pub fn attach_pool(&mut self, threads: usize) -> std::io::Result<()> {
+        self.pool = Some(Pool::new(&self.name, Arc::clone(&self.disk), threads)?);
+        Ok(())
+    }
+
+    /// The eventfd the pool writes when a transfer finished.
+    pub fn pool_evt(&self) -> Option<&EventFd> {
+        self.pool.as_ref().map(|p| p.done_evt())
+    }
+
+    /// Transfers handed to the pool and not completed yet.
+    pub fn in_flight(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.in_flight())
+    }
+
+    /// Completes the transfers the pool finished (status, used entry,
+    /// interrupt); with `wait`, first waits for every one in flight.
+    /// Returns how many it completed.
+    pub fn complete_transfers(&mut self, wait: bool) -> usize {
+        let mut n = 0;
+        loop {
+            let Some(pool) = self.pool.as_mut() else {
+                return n;
+            };
+            let next = if wait { pool.wait() } else { pool.completed() };
+            let Some(f) = next else {
+                return n;
+            };
+            n += 1;
+            self.complete(f);
+        }
+    }
+
+    fn complete(&mut self, f: Finished) {
+        let c = self.outcome(f.result, f.len, f.to_guest, f.offset);
+        let written = self.finish(f.status_addr, c.status, c.written);
+        self.publish(f.head, written);
+    }
+
+    /// Adds the used entry and interrupts if the driver wants it.
+    fn publish(&mut self, head: u16, written: u32) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.queue.add_used(&self.mem, head, written) {
+            self.stats.failed(
+                &self.name,
+                ErrorClass::Malformed,
+                format_args!("chain head {head}: cannot complete: {e}"),
+            );
+            return;
+        }
+        self.notify();
     }
 
     /// The token that cancels a pin waiting in the slow path (device reset).
@@ -120,6 +180,7 @@ impl BlockQueue {
     /// chains taken.
     pub fn process(&mut self) -> usize {
         let mut taken = 0;
+        self.complete_transfers(false);
         while !self.broken {
             if let Err(e) = self.queue.disable_notification(&self.mem) {
                 self.ring_error(format_args!("disabling notifications: {e}"));
@@ -181,7 +242,11 @@ impl BlockQueue {
                 continue;
             }
             let done = match Chain::from_descriptors(chain) {
-                Ok(c) => self.execute(&c),
+                Ok(c) => match self.execute(head, &c) {
+                    Some(written) => written,
+                    // Handed to the pool: completed later.
+                    None => continue,
+                },
                 Err(e) => {
                     self.stats.failed(
                         &self.name,
@@ -199,17 +264,7 @@ impl BlockQueue {
                     0
                 }
             };
-            if let Err(e) = self.queue.add_used(&self.mem, head, done) {
-                // Only a head index outside the queue gets here (the used
-                // ring was checked at activation): nothing to give back.
-                self.stats.failed(
-                    &self.name,
-                    ErrorClass::Malformed,
-                    format_args!("chain head {head}: cannot complete: {e}"),
-                );
-                continue;
-            }
-            self.notify();
+            self.publish(head, done);
         }
     }
 
@@ -227,15 +282,16 @@ impl BlockQueue {
         }
     }
 
-    /// Runs one chain; returns the used length.
-    fn execute(&mut self, chain: &Chain) -> u32 {
+    /// Runs one chain; returns the used length, or `None` when the
+    /// transfer was handed to the pool.
+    fn execute(&mut self, head: u16, chain: &Chain) -> Option<u32> {
         let Some(status_addr) = chain.status_addr() else {
             self.stats.failed(
                 &self.name,
                 ErrorClass::NoStatus,
                 format_args!("no device-writable status byte"),
             );
-            return 0;
+            return Some(0);
         };
         // A request whose status cannot be reported (the byte is outside
         // RAM) is refused before it runs, and counted once; holding the pin
@@ -251,7 +307,7 @@ impl BlockQueue {
             Err(Refused(class, why)) => {
                 self.stats
                     .failed(&self.name, class, format_args!("status byte: {why}"));
-                return 0;
+                return Some(0);
             }
         };
         let header = match chain.header_segments() {
@@ -262,7 +318,7 @@ impl BlockQueue {
                     Err(Refused(class, why)) => {
                         self.stats
                             .failed(&self.name, class, format_args!("request header: {why}"));
-                        return self.finish(status_addr, req_status::IOERR, 0);
+                        return Some(self.finish(status_addr, req_status::IOERR, 0));
                     }
                 }
             }
@@ -274,7 +330,7 @@ impl BlockQueue {
                 ErrorClass::Malformed,
                 format_args!("fewer than {HEADER_LEN} device-readable header bytes"),
             );
-            return self.finish(status_addr, req_status::IOERR, 0);
+            return Some(self.finish(status_addr, req_status::IOERR, 0));
         };
         let req = classify(
             chain,
@@ -285,7 +341,7 @@ impl BlockQueue {
             self.supported,
         );
         let c = match req.op {
-            Ok(op) => self.run(op),
+            Ok(op) => self.run(head, status_addr, op)?,
             Err((class, status)) => {
                 self.stats.failed(
                     &self.name,
@@ -298,7 +354,7 @@ impl BlockQueue {
                 Completion { status, written: 0 }
             }
         };
-        self.finish(status_addr, c.status, c.written)
+        Some(self.finish(status_addr, c.status, c.written))
     }
 
     /// Writes the status byte (through a pin) and returns the used length.
@@ -317,7 +373,110 @@ impl BlockQueue {
         }
     }
 
-    fn run(&mut self, op: Op) -> Completion {
+    /// Runs an operation; `None` when handed to the pool.
+    fn run(&mut self, head: u16, status_addr: u64, op: Op) -> Option<Completion> {
+        match op {
+            Op::Read { offset, data } => self.transfer(head, status_addr, offset, &data, true),
+            Op::Write { offset, data } => self.transfer(head, status_addr, offset, &data, false),
+            other => Some(self.run_inline(other)),
+        }
+    }
+
+    /// Moves a read's or a write's data: pins the buffers, then transfers
+    /// inline or hands the transfer to the pool (large ones).
+    fn transfer(
+        &mut self,
+        head: u16,
+        status_addr: u64,
+        offset: u64,
+        data: &[Segment],
+        to_guest: bool,
+    ) -> Option<Completion> {
+        let len: u64 = data.iter().map(|s| s.len).sum();
+        if let Err(Refused(class, why)) = self.pin_all(data, to_guest) {
+            let what = if to_guest { "read" } else { "write" };
+            self.stats
+                .failed(&self.name, class, format_args!("{what} at {offset}: {why}"));
+            return Some(Completion {
+                status: req_status::IOERR,
+                written: 0,
+            });
+        }
+        if len >= POOL_MIN_BYTES {
+            if let Some(pool) = self.pool.as_mut() {
+                let job = Job {
+                    head,
+                    status_addr,
+                    offset,
+                    len,
+                    to_guest,
+                    pins: std::mem::take(&mut self.pins),
+                    iovs: std::mem::take(&mut self.iovs),
+                };
+                match pool.submit(job) {
+                    Ok(()) => return None,
+                    // The pool is gone: do it here.
+                    Err(job) => {
+                        self.pins = job.pins;
+                        self.iovs = job.iovs;
+                    }
+                }
+            }
+        }
+        let r = if to_guest {
+            self.disk.read_vectored_at(&mut self.iovs, offset)
+        } else {
+            self.disk.write_vectored_at(&mut self.iovs, offset)
+        };
+        // Release (and dirty-mark) before the used entry is published.
+        self.release();
+        Some(self.outcome(r, len, to_guest, offset))
+    }
+
+    /// The completion of a transfer whose pins are released.
+    fn outcome(
+        &self,
+        r: std::io::Result<bool>,
+        len: u64,
+        to_guest: bool,
+        offset: u64,
+    ) -> Completion {
+        match r {
+            Ok(fallback) => {
+                if fallback {
+                    self.stats.direct_fallback();
+                }
+                if to_guest {
+                    self.stats.completed(Done::Read(len));
+                } else {
+                    self.stats.completed(Done::Write(len));
+                }
+                Completion {
+                    status: req_status::OK,
+                    written: if to_guest {
+                        u32::try_from(len).unwrap_or(u32::MAX)
+                    } else {
+                        0
+                    },
+                }
+            }
+            Err(e) => {
+                let what = if to_guest { "read" } else { "write" };
+                self.stats.failed(
+                    &self.name,
+                    ErrorClass::HostIo,
+                    format_args!("{what} of {len} bytes at {offset}: {e}"),
+                );
+                Completion {
+                    status: req_status::IOERR,
+                    written: 0,
+                }
+            }
+        }
+    }
+
+    /// Runs the operations that move no request data.
+    fn run_inline(&mut self, op: Op) -> Completion {
         let ok = |written: u64| Completion {
             status: req_status::OK,
             written: u32::try_from(written).unwrap_or(u32::MAX),
@@ -330,51 +489,11 @@ impl BlockQueue {
             }
         };
         match op {
-            Op::Read { offset, data } => {
-                if let Err(Refused(class, why)) = self.pin_all(&data, true) {
-                    return fail(self, class, format!("read at {offset}: {why}"));
-                }
-                let r = self.disk.read_vectored_at(&mut self.iovs, offset);
-                let len: u64 = data.iter().map(|s| s.len).sum();
-                // Release (and dirty-mark) before the used entry is published.
-                self.release();
-                match r {
-                    Ok(fallback) => {
-                        if fallback {
-                            self.stats.direct_fallback();
-                        }
-                        self.stats.completed(Done::Read(len));
-                        ok(len)
-                    }
-                    Err(e) => fail(
-                        self,
-                        ErrorClass::HostIo,
-                        format!("read of {len} bytes at {offset}: {e}"),
-                    ),
-                }
-            }
-            Op::Write { offset, data } => {
-                if let Err(Refused(class, why)) = self.pin_all(&data, false) {
-                    return fail(self, class, format!("write at {offset}: {why}"));
-                }
-                let r = self.disk.write_vectored_at(&mut self.iovs, offset);
-                let len: u64 = data.iter().map(|s| s.len).sum();
-                self.release();
-                match r {
-                    Ok(fallback) => {
-                        if fallback {
-                            self.stats.direct_fallback();
-                        }
-                        self.stats.completed(Done::Write(len));
-                        ok(0)
-                    }
-                    Err(e) => fail(
-                        self,
-                        ErrorClass::HostIo,
-                        format!("write of {len} bytes at {offset}: {e}"),
-                    ),
-                }
-            }
+            Op::Read { .. } | Op::Write { .. } => Completion {
+                // `run` sends these to `transfer`.
+                status: req_status::IOERR,
+                written: 0,
+            },
             Op::Flush => match self.disk.flush() {
                 Ok(()) => {
                     self.stats.completed(Done::Flush);
@@ -597,21 +716,23 @@ pub fn spawn(mut queue: BlockQueue, notifier: EventFd, poll: Duration) -> std::i
     let thread = thread::Builder::new()
         .name(queue.name.clone())
         .spawn(move || {
+            let fd = std::os::unix::io::AsRawFd::as_raw_fd;
+            let pollfd = |fd: i32| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // The pool's eventfd, when there is a pool (else the notifier
+            // again, harmlessly).
+            let pool_fd = queue.pool_evt().map_or(fd(&notifier), fd);
             let mut fds = [
-                libc::pollfd {
-                    fd: std::os::unix::io::AsRawFd::as_raw_fd(&notifier),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: std::os::unix::io::AsRawFd::as_raw_fd(&wake_thread),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                pollfd(fd(&notifier)),
+                pollfd(fd(&wake_thread)),
+                pollfd(pool_fd),
             ];
             while !stop_thread.load(Ordering::Acquire) {
-                // SAFETY: two valid pollfds owned by this frame.
-                let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                // SAFETY: three valid pollfds owned by this frame.
+                let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
                 if r < 0 {
                     if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                         continue;
@@ -626,17 +747,27 @@ pub fn spawn(mut queue: BlockQueue, notifier: EventFd, poll: Duration) -> std::i
                 if fds[1].revents != 0 || stop_thread.load(Ordering::Acquire) {
                     return;
                 }
-                let _ = notifier.read();
-                queue.stats.notification();
+                if fds[2].revents != 0 {
+                    if let Some(evt) = queue.pool_evt() {
+                        let _ = evt.read();
+                    }
+                }
+                if fds[0].revents != 0 {
+                    let _ = notifier.read();
+                    queue.stats.notification();
+                }
                 queue.process();
-                // Poll a little before sleeping again.
-                let until = Instant::now() + poll;
-                while !poll.is_zero()
-                    && Instant::now() < until
-                    && !stop_thread.load(Ordering::Acquire)
-                {
-                    if queue.has_pending() {
+                // Keep going while there is work, and poll for `poll`
+                // after the last of it before sleeping again.
+                let mut until = Instant::now() + poll;
+                while !stop_thread.load(Ordering::Acquire) {
+                    if queue.has_pending() || queue.complete_transfers(false) > 0 {
                         queue.process();
+                        until = Instant::now() + poll;
+                    } else if queue.in_flight() > 0 || poll.is_zero() || Instant::now() >= until {
+                        // Transfers in flight wake us through the pool's
+                        // eventfd: sleep rather than take a core from them.
+                        break;
                     } else {
                         std::hint::spin_loop();
                     }

@@ -1,0 +1,178 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! I/O threads for large transfers.
+//!
+//! One `preadv` of 1 MiB from the host page cache is a 1 MiB memory copy,
+//! and one thread copies at most one memory channel's worth. The queue's
+//! worker therefore pins a large request's buffers itself and hands the
+//! transfer to these threads ([`Pool::submit`]); a thread moves the data,
+//! releases the pins (write pins mark the dirty bitmap), and returns the
+//! outcome ([`Pool::completed`]), waking the worker through an eventfd.
+//! The worker then writes the status and publishes the used entry, so the
+//! order "pins released, then used ring" holds as on the inline path.
+//! Small requests stay inline: a hand-off costs more than a 4 KiB copy.
+
+use std::io;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use guest_mm::gup::Pinned;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::disk::Disk;
+
+/// Requests with at least this many data bytes go to the pool.
+pub const POOL_MIN_BYTES: u64 = 64 << 10;
+/// Threads per queue.
+pub const POOL_THREADS: usize = 4;
+
+/// One transfer, its buffers already pinned.
+pub struct Job {
+    /// The chain's head index (for the used entry).
+    pub head: u16,
+    /// Where the status byte goes.
+    pub status_addr: u64,
+    /// Byte offset in the disk.
+    pub offset: u64,
+    /// Data bytes.
+    pub len: u64,
+    /// Disk to guest (a read request).
+    pub to_guest: bool,
+    /// The pins that keep `iovs` valid.
+    pub pins: Vec<Pinned>,
+    /// Host ranges of the pinned buffers.
+    pub iovs: Vec<libc::iovec>,
+}
+
+// SAFETY: the iovecs point into guest memory kept mapped and pinned by
+// `pins`, which travel with them; nothing else refers to those ranges.
+unsafe impl Send for Job {}
+
+/// A finished transfer (its pins already released).
+pub struct Finished {
+    /// The chain's head index.
+    pub head: u16,
+    /// Where the status byte goes.
+    pub status_addr: u64,
+    /// Byte offset in the disk.
+    pub offset: u64,
+    /// Data bytes.
+    pub len: u64,
+    /// Disk to guest (a read request).
+    pub to_guest: bool,
+    /// Ok(whether O_DIRECT was bypassed), or the host error.
+    pub result: io::Result<bool>,
+}
+
+/// The threads of one queue.
+pub struct Pool {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Finished>,
+    done_evt: EventFd,
+    in_flight: usize,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `threads` threads transferring on `disk`; `name` names them.
+    pub fn new(name: &str, disk: Arc<Disk>, threads: usize) -> io::Result<Self> {
+        let (jobs_tx, jobs_rx) = channel::<Job>();
+        let (done_tx, done) = channel::<Finished>();
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let done_evt = EventFd::new(EFD_NONBLOCK)?;
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let rx = Arc::clone(&jobs_rx);
+            let tx = done_tx.clone();
+            let evt = done_evt.try_clone()?;
+            let disk = Arc::clone(&disk);
+            handles.push(thread::Builder::new().name(format!("{name}-io{i}")).spawn(
+                move || loop {
+                    let job = {
+                        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        rx.recv()
+                    };
+                    let Ok(mut job) = job else { return };
+                    let result = if job.to_guest {
+                        disk.read_vectored_at(&mut job.iovs, job.offset)
+                    } else {
+                        disk.write_vectored_at(&mut job.iovs, job.offset)
+                    };
+                    job.iovs.clear();
+                    // Released (and dirty-marked) before the worker
+                    // hears of it, so before the used entry exists.
+                    drop(std::mem::take(&mut job.pins));
+                    let finished = Finished {
+                        head: job.head,
+                        status_addr: job.status_addr,
+                        offset: job.offset,
+                        len: job.len,
+                        to_guest: job.to_guest,
+                        result,
+                    };
+                    if tx.send(finished).is_err() {
+                        return;
+                    }
+                    let _ = evt.write(1);
+                },
+            )?);
+        }
+        Ok(Pool {
+            jobs: Some(jobs_tx),
+            done,
+            done_evt,
+            in_flight: 0,
+            threads: handles,
+        })
+    }
+
+    /// Queues a transfer; gives it back if the threads are gone.
+    pub fn submit(&mut self, job: Job) -> Result<(), Job> {
+        let Some(tx) = &self.jobs else {
+            return Err(job);
+        };
+        tx.send(job).map_err(|e| e.0)?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Transfers submitted and not yet collected.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The eventfd written after each finished transfer.
+    pub fn done_evt(&self) -> &EventFd {
+        &self.done_evt
+    }
+
+    /// Takes the next finished transfer, if any, without blocking.
+    pub fn completed(&mut self) -> Option<Finished> {
+        let f = self.done.try_recv().ok()?;
+        self.in_flight -= 1;
+        Some(f)
+    }
+
+    /// Waits for the next finished transfer; `None` when nothing is in flight.
+    pub fn wait(&mut self) -> Option<Finished> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let f = self.done.recv().ok()?;
+        self.in_flight -= 1;
+        Some(f)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the job channel ends the threads once the queued jobs are
+        // done (their pins are released as they finish).
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
