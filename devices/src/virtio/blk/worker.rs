@@ -598,7 +598,7 @@ impl BlockQueue {
                 return Err(Refused(
                     class,
                     format!(
-                        "buffer [{:#x}, +{:#x}) cannot be pinned: {short:?}",
+                        "buffer [{:#x}, +{:#x}) cannot be pinned: {short}",
                         seg.addr, seg.len
                     ),
                 ));
