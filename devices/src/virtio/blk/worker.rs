@@ -523,6 +523,7 @@ impl BlockQueue {
                 if let Err(Refused(class, why)) = self.copy_guest(&data, &mut raw, false) {
                     return fail(self, class, format!("discard ranges: {why}"));
                 }
+                let mut ranges = Vec::with_capacity(raw.len() / RANGE_LEN as usize);
                 for r in raw.chunks_exact(RANGE_LEN as usize) {
                     let mut b8 = [0u8; 8];
                     b8.copy_from_slice(&r[0..8]);
@@ -554,6 +555,11 @@ impl BlockQueue {
                             )
                         }
                     }
+                    ranges.push((sector, sectors));
+                }
+                // Only once every range passed: a refused request changes
+                // nothing on the disk.
+                for (sector, sectors) in ranges {
                     if let Err(e) =
                         self.disk
                             .discard(sector * SECTOR_SIZE, sectors * SECTOR_SIZE, zeroes)
