@@ -465,6 +465,21 @@ fn unsupported_types_and_range_flags() {
             refused(S_IOERR, ErrorClass::OutOfRange),
         );
     }
+    // A good range before a bad one: refused as a whole, the good range
+    // not applied (`bad` checks the file is unchanged).
+    for (second, status, class) in [
+        (range(9, 1, 4), S_UNSUPP, ErrorClass::Unsupported),
+        (range(4096, 1, 0), S_IOERR, ErrorClass::OutOfRange),
+    ] {
+        rig.put(HDR, &header(T_WRITE_ZEROES, 0));
+        rig.put(DATA, &[range(0, 8, 0), second].concat());
+        bad(
+            &mut rig,
+            &[r(HDR, 16), r(DATA, 32), w(ST, 1)],
+            &[],
+            refused(status, class),
+        );
+    }
     // A range list that is not whole ranges, an empty one, too many ranges.
     for len in [0u64, 15, 17, 16 * (u64::from(MAX_DISCARD_SEG) + 1)] {
         rig.put(HDR, &header(T_DISCARD, 0));

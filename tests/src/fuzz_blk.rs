@@ -386,9 +386,10 @@ pub fn run(data: &[u8]) -> Outcome {
         };
         heads.push(head);
     }
+    // Normally the heads; or more than a whole queue ahead of them.
     let published = n_heads as u16
         + if avail_extra & 0x80 != 0 {
-            size + u16::from(avail_extra & 0x7f)
+            size + 1 + u16::from(avail_extra & 0x7f)
         } else {
             0
         };
@@ -842,8 +843,8 @@ impl Seed {
         self
     }
 
-    /// Publish `size + extra` more entries than the heads (a ring index
-    /// more than a queue ahead).
+    /// Publish `size + 1 + extra` more entries than the heads (a ring
+    /// index more than a queue ahead).
     pub fn too_far(mut self, extra: u8) -> Self {
         self.avail_extra = 0x80 | (extra & 0x7f);
         self
