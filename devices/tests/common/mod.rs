@@ -250,7 +250,7 @@ pub struct Driver {
     /// The used index the driver has consumed up to.
     pub used_seen: u16,
     /// Descriptor allocator (round robin).
-    next_desc: u16,
+    pub next_desc: u16,
 }
 
 impl Driver {
@@ -797,5 +797,167 @@ impl Rig {
             }
         }
         bytes
+    }
+}
+
+/// The virtio-mmio registers as a driver sees them.
+pub struct Regs {
+    pub t: devices::virtio::mmio::MmioTransport,
+}
+
+impl Regs {
+    /// A 32-bit register read.
+    pub fn r(&mut self, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// A 32-bit register write.
+    pub fn w(&mut self, off: u64, v: u32) {
+        self.t.write(off, &v.to_le_bytes());
+    }
+
+    /// The 64-bit device features.
+    pub fn device_features(&mut self) -> u64 {
+        use devices::virtio::mmio::{DEVICE_FEATURES, DEVICE_FEATURES_SEL};
+        self.w(DEVICE_FEATURES_SEL, 0);
+        let lo = self.r(DEVICE_FEATURES);
+        self.w(DEVICE_FEATURES_SEL, 1);
+        let hi = self.r(DEVICE_FEATURES);
+        u64::from(lo) | u64::from(hi) << 32
+    }
+
+    /// Writes the 64-bit driver features.
+    pub fn set_driver_features(&mut self, f: u64) {
+        use devices::virtio::mmio::{DRIVER_FEATURES, DRIVER_FEATURES_SEL};
+        self.w(DRIVER_FEATURES_SEL, 0);
+        self.w(DRIVER_FEATURES, f as u32);
+        self.w(DRIVER_FEATURES_SEL, 1);
+        self.w(DRIVER_FEATURES, (f >> 32) as u32);
+    }
+
+    /// ACKNOWLEDGE, DRIVER, features, FEATURES_OK (checked), queue 0 at
+    /// `drv`'s rings, DRIVER_OK. Returns the Status register afterwards.
+    pub fn init(&mut self, drv: &Driver, features: u64) -> u32 {
+        use devices::virtio::mmio::*;
+        use devices::virtio::status::*;
+        self.w(STATUS, 0);
+        self.w(STATUS, ACKNOWLEDGE);
+        self.w(STATUS, ACKNOWLEDGE | DRIVER);
+        self.set_driver_features(features);
+        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_ne!(self.r(STATUS) & FEATURES_OK, 0, "FEATURES_OK refused");
+        self.w(QUEUE_SEL, 0);
+        self.w(QUEUE_NUM, u32::from(drv.size));
+        for (lo, addr) in [
+            (QUEUE_DESC_LOW, drv.desc),
+            (QUEUE_DRIVER_LOW, drv.avail),
+            (QUEUE_DEVICE_LOW, drv.used),
+        ] {
+            self.w(lo, addr as u32);
+            self.w(lo + 4, (addr >> 32) as u32);
+        }
+        self.w(QUEUE_READY, 1);
+        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        self.r(STATUS)
+    }
+
+    /// QueueNotify for queue 0.
+    pub fn notify(&mut self) {
+        self.w(devices::virtio::mmio::QUEUE_NOTIFY, 0);
+    }
+}
+
+/// A block device behind a virtio-mmio transport, its worker thread
+/// running after [`Regs::init`].
+pub struct Mmio {
+    pub gup: Arc<Gup>,
+    pub file: TestFile,
+    pub regs: Regs,
+    pub stats: Arc<BlockStats>,
+    pub irq: EventFd,
+}
+
+impl Mmio {
+    /// A device over a fresh backing file of `sectors` sectors, named
+    /// `virtio-blk<index>` (its worker thread's name).
+    pub fn new(index: usize, sectors: u64, read_only: bool) -> Self {
+        Mmio::with(index, sectors, read_only, false)
+    }
+
+    /// [`Mmio::new`], the backing file also opened with O_DIRECT if `direct`.
+    pub fn with(index: usize, sectors: u64, read_only: bool, direct: bool) -> Self {
+        let gup = engine(RegionOptions::default());
+        let file = TestFile::new("mmio", sectors, 11);
+        let mut cfg = block_config(&file, read_only, direct);
+        cfg.index = index;
+        let block = Block::new(&cfg).expect("block device");
+        let stats = block.stats();
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let t = devices::virtio::mmio::MmioTransport::new(
+            Box::new(block),
+            memory(&gup),
+            Arc::clone(&gup),
+            irq.try_clone().expect("eventfd clone"),
+        )
+        .expect("transport");
+        Mmio {
+            gup,
+            file,
+            regs: Regs { t },
+            stats,
+            irq,
+        }
+    }
+
+    /// Interrupts raised since the last call (the eventfd's counter).
+    pub fn take_irqs(&self) -> u64 {
+        self.irq.read().unwrap_or(0)
+    }
+}
+
+/// Waits (up to 10 s) until the device has published `n` used entries
+/// beyond what `drv` consumed, then pops them.
+pub fn wait_used(drv: &mut Driver, n: usize) -> Vec<(u32, u32)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while usize::from(drv.used_idx().wrapping_sub(drv.used_seen)) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {n} used entries (have {})",
+            drv.used_idx().wrapping_sub(drv.used_seen)
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    (0..n)
+        .map(|_| drv.pop_used().expect("used entry"))
+        .collect()
+}
+
+/// The names of this process's threads.
+pub fn thread_names() -> Vec<String> {
+    let mut v = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            if let Ok(name) = fs::read_to_string(e.path().join("comm")) {
+                v.push(name.trim().to_string());
+            }
+        }
+    }
+    v
+}
+
+impl Driver {
+    /// Writes `descs` at the fixed indices `first..` (linked in order) and
+    /// returns the head, `first` (not yet published). For drivers that
+    /// give each request slot its own descriptors.
+    pub fn chain_at(&mut self, first: u16, descs: &[D]) -> u16 {
+        for (k, d) in descs.iter().enumerate() {
+            let i = first + k as u16;
+            let last = k + 1 == descs.len();
+            let flags = d.flags | if last { 0 } else { F_NEXT };
+            put_desc(&self.mem, self.desc, i, d.addr, d.len, flags, i + 1);
+        }
+        first
     }
 }
