@@ -444,7 +444,10 @@ fn a_balloon_discards_pages_while_requests_are_in_flight() {
     let g = m.gup.stats();
     let b = &stats;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    println!(
+    // To the real stderr (past the harness's capture), so CI logs show it.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "blk_balloon: {secs} s: {done} requests ({reads} reads, {writes} writes), {} MiB; page pieces checked: {right} with the data, {zeroed} zeroed by the balloon; balloon: bursts {}, buffer pages tried {} (discarded {}, skipped as pinned {}), free pages discarded {}, freezes {} (refused {}); engine: frozen waits {}, frozen fallbacks {}, slow calls {}, populated {}",
         bytes >> 20,
         load(&b.bursts),
