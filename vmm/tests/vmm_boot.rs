@@ -552,8 +552,9 @@ fn disks_explicit_images_are_driven_and_written() {
         &rw.arg(",direct"),
         "--disk",
         &ro.arg(",ro"),
+        // The worker's polling path (the default does not poll).
         "--blk-poll-us",
-        "0",
+        "20",
     ]);
     let dump = format!("{:?}\n{}\n{}", out.code, out.stdout, out.stderr);
     guest_report::check_passing_report(&out.stdout).unwrap_or_else(|e| panic!("{e}; {dump}"));
