@@ -192,7 +192,7 @@ struct Vm {
     fd: VmFd,
     _mem: GuestMemoryMmap,
     /// The GUP engine over the same regions (devices pin through it).
-    _gup: Arc<guest_mm::gup::Gup>,
+    gup: Arc<guest_mm::gup::Gup>,
 }
 
 /// Boots and runs a VM until it stops; `signals` is the signalfd of the
@@ -274,7 +274,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     let vm = Vm {
         fd: vm_fd,
         _mem: mem,
-        _gup: gup,
+        gup,
     };
 
     vcpu::install_kick_handler()?;
@@ -306,7 +306,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     // each worker is joined and its pins released here.
     let ioeventfd = attached.ioeventfd;
     let devices = attached.stop();
-    let gup = vm._gup.stats();
+    let gup = vm.gup.stats();
     drop(vm.fd);
     let pio_unhandled = shared.lock_bus().unhandled();
     Ok(RunReport {
