@@ -84,7 +84,7 @@ const USED: u64 = 0x3000;
 const BUF: u64 = 0x4000;
 const BUF_LEN: u64 = R0.1 - BUF;
 /// Disk size in sectors.
-const SECTORS: u64 = 64;
+const SECTORS: u64 = 256;
 /// Most blobs decoded.
 const MAX_BLOBS: usize = 48;
 /// Most available ring entries decoded.
@@ -197,7 +197,9 @@ impl Desc {
                 _ => u64::from(inp.u32()) << 12,
             },
         };
-        const LENS: [u32; 14] = [0, 1, 2, 15, 16, 17, 20, 21, 511, 512, 513, 528, 1024, 4096];
+        const LENS: [u32; 14] = [
+            0, 1, 65536, 15, 16, 17, 20, 21, 511, 512, 513, 528, 1024, 4096,
+        ];
         let l = inp.u8();
         let len = match l % 16 {
             14 => u32::from(inp.u16()),
@@ -320,6 +322,7 @@ pub fn run(data: &[u8]) -> Outcome {
     let read_only = cfg & 1 != 0;
     let lazy = cfg & 0x40 != 0;
     let no_interrupt = cfg & 0x80 != 0;
+    let pool = cfg & 0x20 != 0;
     let size: u16 = 1 << (inp.u8() % 9);
     let start = inp.u16();
     let n_heads = usize::from(inp.u8()) % (MAX_HEADS + 1);
@@ -433,7 +436,7 @@ pub fn run(data: &[u8]) -> Outcome {
                 let sector = match s {
                     0xff => inp.u64(),
                     0xfe => u64::MAX - u64::from(inp.u8()),
-                    s => u64::from(s % 72),
+                    s => u64::from(s),
                 };
                 let mut h = vec![0u8; 16];
                 h[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -445,11 +448,7 @@ pub fn run(data: &[u8]) -> Outcome {
                 let mut v = Vec::new();
                 for _ in 0..n {
                     let s = inp.u8();
-                    let sector = if s == 0xff {
-                        inp.u64()
-                    } else {
-                        u64::from(s % 72)
-                    };
+                    let sector = if s == 0xff { inp.u64() } else { u64::from(s) };
                     let c = inp.u8();
                     let count = if c == 0xff {
                         inp.u32()
@@ -546,7 +545,14 @@ pub fn run(data: &[u8]) -> Outcome {
             gup: Arc::clone(&gup),
         })
         .expect("queue_for");
+    if pool {
+        bq.attach_pool(1).expect("I/O thread");
+    }
     let taken = bq.process();
+    // Transfers handed to the I/O thread complete later, in any order.
+    while bq.in_flight() > 0 {
+        bq.complete_transfers(true);
+    }
     let c = block.stats().snapshot();
     let g = gup.stats();
     let _ = writeln!(log, "taken {taken}: {}", c.summary());
@@ -593,6 +599,9 @@ pub fn run(data: &[u8]) -> Outcome {
     }
     if event_idx {
         tags.insert("event_idx".into());
+    }
+    if pool {
+        tags.insert("pool".into());
     }
     if read_only {
         tags.insert("read-only".into());
@@ -643,15 +652,32 @@ pub fn run(data: &[u8]) -> Outcome {
         }
     }
     let _ = writeln!(log, "used {used:?}");
-    let expected: Vec<&(u16, Walk)> = walks.iter().filter(|(h, _)| *h < size).collect();
-    if used.len() != expected.len() {
+    let mut expected: Vec<u32> = walks
+        .iter()
+        .filter(|(h, _)| *h < size)
+        .map(|(h, _)| u32::from(*h))
+        .collect();
+    let mut ids: Vec<u32> = used.iter().map(|u| u.0).collect();
+    if !pool && ids != expected {
+        fail!("used ids in the order of the available ring");
+    }
+    expected.sort_unstable();
+    ids.sort_unstable();
+    if ids != expected {
         fail!("one used entry per chain whose head is inside the queue");
     }
+    // Chains with the same head are the same chain (nothing rewrote the
+    // table), so a used entry's chain is the walk of its head.
+    let walk_of = |id: u32| {
+        walks
+            .iter()
+            .find(|(h, _)| u32::from(*h) == id)
+            .map(|(_, w)| w)
+            .expect("a walk for every used id")
+    };
     let mut writable = vec![(USED, 6 + 8 * u64::from(size))];
-    for ((id, len), (h, w)) in used.iter().zip(expected) {
-        if *id != u32::from(*h) {
-            fail!("used ids in the order of the available ring");
-        }
+    for (id, len) in &used {
+        let (h, w) = (id, walk_of(*id));
         let max: u64 = w.writable().map(|s| s.1).sum();
         if u64::from(*len) > max {
             fail!("head {h}: used length {len} > {max} writable bytes");
@@ -663,7 +689,8 @@ pub fn run(data: &[u8]) -> Outcome {
     }
     // Status bytes written: the last writable byte of each chain that
     // reported one, if no other chain's buffer covers it.
-    for ((_, len), (_, w)) in used.iter().zip(walks.iter().filter(|(h, _)| *h < size)) {
+    for (id, len) in &used {
+        let w = walk_of(*id);
         if *len == 0 {
             continue;
         }
@@ -739,6 +766,8 @@ pub mod cfg {
     pub const DISCARD: u8 = 8;
     /// WRITE_ZEROES negotiated.
     pub const WRITE_ZEROES: u8 = 16;
+    /// An I/O thread for transfers of 64 KiB and more.
+    pub const POOL: u8 = 0x20;
     /// Lazily populated RAM.
     pub const LAZY: u8 = 0x40;
     /// VRING_AVAIL_F_NO_INTERRUPT.
@@ -799,7 +828,9 @@ fn enc_desc(at: At, len: u32, flags: u8, next: u8) -> Vec<u8> {
             v.extend_from_slice(&a.to_le_bytes());
         }
     }
-    const LENS: [u32; 14] = [0, 1, 2, 15, 16, 17, 20, 21, 511, 512, 513, 528, 1024, 4096];
+    const LENS: [u32; 14] = [
+        0, 1, 65536, 15, 16, 17, 20, 21, 511, 512, 513, 528, 1024, 4096,
+    ];
     if let Some(i) = LENS.iter().position(|&l| l == len) {
         v.push(i as u8);
     } else if let Ok(l) = u16::try_from(len) {
@@ -864,7 +895,7 @@ impl Seed {
     }
 
     /// A request header at `Buf(off)`: type index into IN, OUT, FLUSH,
-    /// GET_ID, DISCARD, WRITE_ZEROES, 2 (unknown), and a sector below 72.
+    /// GET_ID, DISCARD, WRITE_ZEROES, 2 (unknown), and a sector below 254 (0xfe, 0xff: see `raw_header`).
     pub fn header(mut self, off: u16, kind: u8, sector: u8) -> Self {
         let mut v = vec![1];
         v.extend_from_slice(&off.to_le_bytes());
@@ -886,7 +917,7 @@ impl Seed {
         self
     }
 
-    /// Discard ranges (sector < 72, count < 16, flags 0 or 1).
+    /// Discard ranges (sector < 255, count < 16, flags 0 or 1).
     pub fn ranges(mut self, off: u16, ranges: &[(u8, u8, u8)]) -> Self {
         let mut v = vec![2];
         v.extend_from_slice(&off.to_le_bytes());
@@ -974,6 +1005,25 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "write",
             v(simple(all, OUT, 5, At::Buf(0x1000), 512, true)),
             "ok write",
+        ),
+        (
+            "pool_read_write",
+            v(Seed::new(all | cfg::POOL, 3)
+                .desc(At::Buf(0), 16, NEXT, 1)
+                .desc(At::Buf(0x1000), 65536, WRITE | NEXT, 2)
+                .desc(At::Buf(0x100), 1, WRITE, 0)
+                .desc(At::Buf(0x40), 16, NEXT, 4)
+                .desc(At::Raw(0x30000), 65536, NEXT, 5)
+                .desc(At::Buf(0x101), 1, WRITE, 0)
+                .desc(At::Buf(0x80), 16, NEXT, 7)
+                .desc(At::Buf(0x102), 1, WRITE, 0)
+                .head(0)
+                .head(3)
+                .head(6)
+                .header(0, IN, 100)
+                .header(0x40, OUT, 0)
+                .header(0x80, FLUSH, 0)),
+            "pool",
         ),
         (
             "read_split_header",
@@ -1147,7 +1197,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ),
         (
             "beyond_capacity",
-            v(simple(all, IN, 63, At::Buf(0x1000), 1024, false)),
+            v(simple(all, IN, 253, At::Buf(0x1000), 4096, false)),
             "error out_of_range",
         ),
         (
