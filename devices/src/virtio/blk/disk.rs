@@ -12,7 +12,7 @@
 //! through a second, buffered descriptor of the same file instead.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -74,7 +74,9 @@ impl Disk {
         } else {
             None
         };
-        let len = file.metadata()?.len();
+        // The end offset, not the metadata length: a block device's
+        // metadata says 0 bytes.
+        let len = (&file).seek(SeekFrom::End(0))?;
         Ok(Disk {
             path: options.path.clone(),
             file,
