@@ -1089,8 +1089,17 @@ fn rw_scenarios(ctx: &mut Ctx, blk: &mut Blk) {
         );
     }
 
-    // Many requests in flight: the device works on some while more come.
-    queue_depth(ctx, blk, 32, 1024);
+    // Many requests in flight: the device works on some while more come
+    // (1024 blocks of 4 KiB, fewer on a small disk).
+    let blocks = (blk.capacity / 8).min(1024);
+    if blocks >= 64 {
+        queue_depth(ctx, blk, 32, blocks);
+    } else {
+        ctx.skip(
+            format_args!("queue depth 32"),
+            format_args!("the disk holds only {blocks} blocks of 4 KiB (64 needed)"),
+        );
+    }
     ctx.arena.release(top);
 }
 
