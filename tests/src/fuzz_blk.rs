@@ -117,9 +117,18 @@ pub fn histogram(outcomes: &[Outcome]) -> BTreeMap<String, usize> {
 
 static FILES: AtomicU64 = AtomicU64::new(0);
 
+/// A backing file removed when its thread ends.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 thread_local! {
     /// This thread's backing file (rewritten for every case).
-    static FILE: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    static FILE: RefCell<Option<TempFile>> = const { RefCell::new(None) };
 }
 
 /// The disk contents every case starts from (no zero bytes, so a zeroed
@@ -142,12 +151,13 @@ fn backing_file() -> PathBuf {
                 } else {
                     std::env::temp_dir()
                 };
-                dir.join(format!(
+                TempFile(dir.join(format!(
                     "guest-mm-fuzz-blk-{}-{}.img",
                     std::process::id(),
                     FILES.fetch_add(1, Ordering::Relaxed)
-                ))
+                )))
             })
+            .0
             .clone()
     })
 }
