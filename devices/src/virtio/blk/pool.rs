@@ -44,6 +44,8 @@ pub struct Job {
     pub pins: Vec<Pinned>,
     /// Host ranges of the pinned buffers.
     pub iovs: Vec<libc::iovec>,
+    /// The status byte's pin, held until the status is written.
+    pub status_pin: Option<Pinned>,
 }
 
 // SAFETY: the iovecs point into guest memory kept mapped and pinned by
@@ -64,11 +66,13 @@ pub struct Finished {
     pub to_guest: bool,
     /// Ok(whether O_DIRECT was bypassed), or the host error.
     pub result: io::Result<bool>,
+    /// The status byte's pin, still held.
+    pub status_pin: Option<Pinned>,
 }
 
 /// The threads of one queue.
 pub struct Pool {
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Sender<Box<Job>>>,
     done: Receiver<Finished>,
     done_evt: EventFd,
     in_flight: usize,
@@ -78,7 +82,7 @@ pub struct Pool {
 impl Pool {
     /// Starts `threads` threads transferring on `disk`; `name` names them.
     pub fn new(name: &str, disk: Arc<Disk>, threads: usize) -> io::Result<Self> {
-        let (jobs_tx, jobs_rx) = channel::<Job>();
+        let (jobs_tx, jobs_rx) = channel::<Box<Job>>();
         let (done_tx, done) = channel::<Finished>();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let done_evt = EventFd::new(EFD_NONBLOCK)?;
@@ -111,6 +115,7 @@ impl Pool {
                         len: job.len,
                         to_guest: job.to_guest,
                         result,
+                        status_pin: job.status_pin.take(),
                     };
                     if tx.send(finished).is_err() {
                         return;
@@ -129,7 +134,7 @@ impl Pool {
     }
 
     /// Queues a transfer; gives it back if the threads are gone.
-    pub fn submit(&mut self, job: Job) -> Result<(), Job> {
+    pub fn submit(&mut self, job: Box<Job>) -> Result<(), Box<Job>> {
         let Some(tx) = &self.jobs else {
             return Err(job);
         };

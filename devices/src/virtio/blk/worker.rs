@@ -57,6 +57,8 @@ pub struct BlockQueue {
     broken: bool,
     iovs: Vec<libc::iovec>,
     pins: Vec<Pinned>,
+    /// The status byte's pin while its request runs.
+    status_pin: Option<Pinned>,
     pool: Option<Pool>,
 }
 
@@ -103,6 +105,7 @@ impl BlockQueue {
             broken: false,
             iovs: Vec::new(),
             pins: Vec::new(),
+            status_pin: None,
             pool: None,
         }
     }
@@ -145,6 +148,8 @@ impl BlockQueue {
     fn complete(&mut self, f: Finished) {
         let c = self.outcome(f.result, f.len, f.to_guest, f.offset);
         let written = self.finish(f.status_addr, c.status, c.written);
+        // Held since the request started: the status page could not go away.
+        drop(f.status_pin);
         self.publish(f.head, written);
     }
 
@@ -295,21 +300,29 @@ impl BlockQueue {
         };
         // A request whose status cannot be reported (the byte is outside
         // RAM) is refused before it runs, and counted once; holding the pin
-        // until the end also keeps a balloon off the status page meanwhile.
-        let _status_pin = match self.pin(
+        // until the end also keeps a balloon off the status page meanwhile
+        // (and a transfer handed to the pool takes it along).
+        self.status_pin = match self.pin(
             &Segment {
                 addr: status_addr,
                 len: 1,
             },
             true,
         ) {
-            Ok(p) => p,
+            Ok(p) => Some(p),
             Err(Refused(class, why)) => {
                 self.stats
                     .failed(&self.name, class, format_args!("status byte: {why}"));
                 return Some(0);
             }
         };
+        let used = self.execute_pinned(head, chain, status_addr);
+        self.status_pin = None;
+        used
+    }
+
+    /// [`Self::execute`] once the status byte is pinned.
+    fn execute_pinned(&mut self, head: u16, chain: &Chain, status_addr: u64) -> Option<u32> {
         let header = match chain.header_segments() {
             Some(segs) => {
                 let mut bytes = [0u8; HEADER_LEN as usize];
@@ -404,7 +417,7 @@ impl BlockQueue {
         }
         if len >= POOL_MIN_BYTES {
             if let Some(pool) = self.pool.as_mut() {
-                let job = Job {
+                let job = Box::new(Job {
                     head,
                     status_addr,
                     offset,
@@ -412,13 +425,15 @@ impl BlockQueue {
                     to_guest,
                     pins: std::mem::take(&mut self.pins),
                     iovs: std::mem::take(&mut self.iovs),
-                };
+                    status_pin: self.status_pin.take(),
+                });
                 match pool.submit(job) {
                     Ok(()) => return None,
                     // The pool is gone: do it here.
                     Err(job) => {
                         self.pins = job.pins;
                         self.iovs = job.iovs;
+                        self.status_pin = job.status_pin;
                     }
                 }
             }
