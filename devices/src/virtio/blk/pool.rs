@@ -12,6 +12,12 @@
 //! The worker then writes the status and publishes the used entry, so the
 //! order "pins released, then used ring" holds as on the inline path.
 //! Small requests stay inline: a hand-off costs more than a 4 KiB copy.
+//!
+//! Reads go to [`POOL_THREADS`] threads; writes to a single one, because a
+//! buffered write holds the file's lock exclusively (parallel writers only
+//! spin on it, taking the core the guest's vCPU needs). While transfers are
+//! in flight the worker leaves the driver's notifications off: the next
+//! completion wakes it anyway (see `BlockQueue::process`).
 
 use std::io;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -25,7 +31,7 @@ use super::disk::Disk;
 
 /// Requests with at least this many data bytes go to the pool.
 pub const POOL_MIN_BYTES: u64 = 64 << 10;
-/// Threads per queue.
+/// Reader threads per queue (plus one writer).
 pub const POOL_THREADS: usize = 4;
 
 /// One transfer, its buffers already pinned.
@@ -72,60 +78,86 @@ pub struct Finished {
 
 /// The threads of one queue.
 pub struct Pool {
-    jobs: Option<Sender<Box<Job>>>,
+    /// Reads go to several threads (they share the file's lock).
+    reads: Option<Sender<Box<Job>>>,
+    /// Writes go to one: a buffered write holds the file's lock
+    /// exclusively, so more writers only spin on it.
+    writes: Option<Sender<Box<Job>>>,
     done: Receiver<Finished>,
     done_evt: EventFd,
     in_flight: usize,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
+/// Starts one I/O thread taking jobs from `rx`.
+fn spawn_thread(
+    name: String,
+    rx: Arc<Mutex<Receiver<Box<Job>>>>,
+    tx: Sender<Finished>,
+    evt: EventFd,
+    disk: Arc<Disk>,
+) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().name(name).spawn(move || loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            rx.recv()
+        };
+        let Ok(mut job) = job else { return };
+        let result = if job.to_guest {
+            disk.read_vectored_at(&mut job.iovs, job.offset)
+        } else {
+            disk.write_vectored_at(&mut job.iovs, job.offset)
+        };
+        job.iovs.clear();
+        // Released (and dirty-marked) before the worker hears of it, so
+        // before the used entry exists.
+        drop(std::mem::take(&mut job.pins));
+        let finished = Finished {
+            head: job.head,
+            status_addr: job.status_addr,
+            offset: job.offset,
+            len: job.len,
+            to_guest: job.to_guest,
+            result,
+            status_pin: job.status_pin.take(),
+        };
+        if tx.send(finished).is_err() {
+            return;
+        }
+        let _ = evt.write(1);
+    })
+}
+
 impl Pool {
-    /// Starts `threads` threads transferring on `disk`; `name` names them.
+    /// Starts `threads` reader threads and one writer thread transferring
+    /// on `disk`; `name` names them.
     pub fn new(name: &str, disk: Arc<Disk>, threads: usize) -> io::Result<Self> {
-        let (jobs_tx, jobs_rx) = channel::<Box<Job>>();
+        let (reads_tx, reads_rx) = channel::<Box<Job>>();
+        let (writes_tx, writes_rx) = channel::<Box<Job>>();
         let (done_tx, done) = channel::<Finished>();
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let reads_rx = Arc::new(Mutex::new(reads_rx));
+        let writes_rx = Arc::new(Mutex::new(writes_rx));
         let done_evt = EventFd::new(EFD_NONBLOCK)?;
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
-            let rx = Arc::clone(&jobs_rx);
-            let tx = done_tx.clone();
-            let evt = done_evt.try_clone()?;
-            let disk = Arc::clone(&disk);
-            handles.push(thread::Builder::new().name(format!("{name}-io{i}")).spawn(
-                move || loop {
-                    let job = {
-                        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-                        rx.recv()
-                    };
-                    let Ok(mut job) = job else { return };
-                    let result = if job.to_guest {
-                        disk.read_vectored_at(&mut job.iovs, job.offset)
-                    } else {
-                        disk.write_vectored_at(&mut job.iovs, job.offset)
-                    };
-                    job.iovs.clear();
-                    // Released (and dirty-marked) before the worker
-                    // hears of it, so before the used entry exists.
-                    drop(std::mem::take(&mut job.pins));
-                    let finished = Finished {
-                        head: job.head,
-                        status_addr: job.status_addr,
-                        offset: job.offset,
-                        len: job.len,
-                        to_guest: job.to_guest,
-                        result,
-                        status_pin: job.status_pin.take(),
-                    };
-                    if tx.send(finished).is_err() {
-                        return;
-                    }
-                    let _ = evt.write(1);
-                },
+            handles.push(spawn_thread(
+                format!("{name}-rd{i}"),
+                Arc::clone(&reads_rx),
+                done_tx.clone(),
+                done_evt.try_clone()?,
+                Arc::clone(&disk),
             )?);
         }
+        handles.push(spawn_thread(
+            format!("{name}-wr"),
+            writes_rx,
+            done_tx,
+            done_evt.try_clone()?,
+            disk,
+        )?);
         Ok(Pool {
-            jobs: Some(jobs_tx),
+            reads: Some(reads_tx),
+            writes: Some(writes_tx),
             done,
             done_evt,
             in_flight: 0,
@@ -135,7 +167,12 @@ impl Pool {
 
     /// Queues a transfer; gives it back if the threads are gone.
     pub fn submit(&mut self, job: Box<Job>) -> Result<(), Box<Job>> {
-        let Some(tx) = &self.jobs else {
+        let queue = if job.to_guest {
+            &self.reads
+        } else {
+            &self.writes
+        };
+        let Some(tx) = queue else {
             return Err(job);
         };
         tx.send(job).map_err(|e| e.0)?;
@@ -175,7 +212,8 @@ impl Drop for Pool {
     fn drop(&mut self) {
         // Closing the job channel ends the threads once the queued jobs are
         // done (their pins are released as they finish).
-        self.jobs = None;
+        self.reads = None;
+        self.writes = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

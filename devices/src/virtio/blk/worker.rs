@@ -180,9 +180,10 @@ impl BlockQueue {
         self.broken
     }
 
-    /// Processes every available chain, re-enabling notifications at the
-    /// end (and going on if more arrived meanwhile). Returns the number of
-    /// chains taken.
+    /// Completes finished transfers and processes every available chain,
+    /// re-enabling notifications at the end (and going on if more arrived
+    /// meanwhile) unless transfers are still in flight. Returns the number
+    /// of chains taken.
     pub fn process(&mut self) -> usize {
         let mut taken = 0;
         self.complete_transfers(false);
@@ -192,6 +193,14 @@ impl BlockQueue {
                 break;
             }
             taken += self.drain();
+            if self.in_flight() > 0 {
+                // The pool wakes the worker when a transfer finishes, and
+                // the worker drains the ring again then: the driver need
+                // not notify meanwhile (its notifications stay off, which
+                // spares a guest that keeps its queue full one exit per
+                // request).
+                break;
+            }
             match self.queue.enable_notification(&self.mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
