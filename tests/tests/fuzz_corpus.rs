@@ -70,13 +70,23 @@ fn walker_corpus_replays() {
     }
 }
 
-#[test]
-fn gup_corpus_replays() {
+/// Replays the corpus of target `name` (`fuzz/corpus/<name>`, or what
+/// `env_var` names) through `run`, printing each case's `log` when inputs
+/// were chosen, and the `histogram` of what the inputs exercised.
+fn replay<O>(
+    name: &str,
+    env_var: &str,
+    run: fn(&[u8]) -> O,
+    log: fn(&O) -> &str,
+    histogram: fn(&[O]) -> BTreeMap<String, usize>,
+) {
     // Replaying chosen inputs also prints each case's log.
-    let chosen = std::env::var_os("FUZZ_REPLAY_GUP");
+    let chosen = std::env::var_os(env_var);
     let path = match &chosen {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/gup"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(name),
     };
     let files = inputs(&path);
     assert!(
@@ -92,60 +102,32 @@ fn gup_corpus_replays() {
         bytes += data.len();
         // Names the input if `run` panics (the panic message has the case).
         eprintln!("replaying {}", file.display());
-        let outcome = integration_tests::fuzz_gup::run(&data);
+        let outcome = run(&data);
         if chosen.is_some() {
-            println!("--- {} ---\n{}", file.display(), outcome.log);
+            println!("--- {} ---\n{}", file.display(), log(&outcome));
         }
         outcomes.push(outcome);
     }
     println!(
-        "replayed {} gup fuzz inputs ({} bytes) from {} in {:.2?}; inputs exercising:",
+        "replayed {} {name} fuzz inputs ({} bytes) from {} in {:.2?}; inputs exercising:",
         files.len(),
         bytes,
         path.display(),
         start.elapsed()
     );
-    for (what, count) in integration_tests::fuzz_gup::histogram(&outcomes) {
+    for (what, count) in histogram(&outcomes) {
         println!("  {count:6}  {what}");
     }
 }
 
 #[test]
+fn gup_corpus_replays() {
+    use integration_tests::fuzz_gup::{histogram, run};
+    replay("gup", "FUZZ_REPLAY_GUP", run, |o| &o.log, histogram);
+}
+
+#[test]
 fn virtio_blk_corpus_replays() {
-    // Replaying chosen inputs also prints each case's log.
-    let chosen = std::env::var_os("FUZZ_REPLAY_BLK");
-    let path = match &chosen {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/virtio_blk"),
-    };
-    let files = inputs(&path);
-    assert!(
-        !files.is_empty(),
-        "no fuzz inputs in {}: the corpus must be committed",
-        path.display()
-    );
-    let start = std::time::Instant::now();
-    let mut bytes = 0;
-    let mut outcomes = Vec::new();
-    for file in &files {
-        let data = fs::read(file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
-        bytes += data.len();
-        // Names the input if `run` panics (the panic message has the case).
-        eprintln!("replaying {}", file.display());
-        let outcome = integration_tests::fuzz_blk::run(&data);
-        if chosen.is_some() {
-            println!("--- {} ---\n{}", file.display(), outcome.log);
-        }
-        outcomes.push(outcome);
-    }
-    println!(
-        "replayed {} virtio_blk fuzz inputs ({} bytes) from {} in {:.2?}; inputs exercising:",
-        files.len(),
-        bytes,
-        path.display(),
-        start.elapsed()
-    );
-    for (what, count) in integration_tests::fuzz_blk::histogram(&outcomes) {
-        println!("  {count:6}  {what}");
-    }
+    use integration_tests::fuzz_blk::{histogram, run};
+    replay("virtio_blk", "FUZZ_REPLAY_BLK", run, |o| &o.log, histogram);
 }
