@@ -680,6 +680,22 @@ impl Ctx<'_> {
     /// Writes `wbufs` (filled with a fresh pattern) at `sector`, reads the
     /// same bytes back into `rbufs` (poisoned first) and checks every byte.
     #[allow(clippy::too_many_arguments)]
+    /// A 4 KiB write and its read-back, one data descriptor each, both
+    /// framed as `layout` says.
+    fn one_page_each_way(&mut self, blk: &mut Blk, layout: Layout) -> Result<Line, Line> {
+        let w = self.alloc(4096, 4096)?;
+        let r = self.alloc(4096, 4096)?;
+        let s = self.sectors(blk, 4096);
+        self.write_read(
+            blk,
+            s,
+            &[Buf::id(w, 4096)],
+            &[Buf::id(r, 4096)],
+            layout,
+            layout,
+        )
+    }
+
     fn write_read(
         &mut self,
         blk: &mut Blk,
@@ -848,19 +864,7 @@ fn rw_scenarios(ctx: &mut Ctx, blk: &mut Blk) {
     let top = ctx.arena.mark();
 
     // One data descriptor each way.
-    let r = (|| {
-        let w = ctx.alloc(4096, 4096)?;
-        let r = ctx.alloc(4096, 4096)?;
-        let s = ctx.sectors(blk, 4096);
-        ctx.write_read(
-            blk,
-            s,
-            &[Buf::id(w, 4096)],
-            &[Buf::id(r, 4096)],
-            Layout::Plain,
-            Layout::Plain,
-        )
-    })();
+    let r = ctx.one_page_each_way(blk, Layout::Plain);
     ctx.check(
         r,
         format_args!("single segment: 4 KiB written and read back"),
@@ -1016,19 +1020,7 @@ fn rw_scenarios(ctx: &mut Ctx, blk: &mut Blk) {
     ctx.arena.release(top);
 
     // The header in two descriptors.
-    let r = (|| {
-        let w = ctx.alloc(4096, 4096)?;
-        let r = ctx.alloc(4096, 4096)?;
-        let s = ctx.sectors(blk, 4096);
-        ctx.write_read(
-            blk,
-            s,
-            &[Buf::id(w, 4096)],
-            &[Buf::id(r, 4096)],
-            Layout::SplitHeader,
-            Layout::SplitHeader,
-        )
-    })();
+    let r = ctx.one_page_each_way(blk, Layout::SplitHeader);
     ctx.check(
         r,
         format_args!("header split over two descriptors (5 + 11 bytes, apart): 4 KiB write + read"),
