@@ -569,6 +569,12 @@ impl BlockQueue {
                             written: 0,
                         };
                     }
+                    ranges.push((sector, sectors));
+                }
+                // Capacity only once every range's flags passed: an unknown
+                // flag in any range makes the request UNSUPP (virtio 1.2
+                // section 5.2.6.2), even after a range that is out of range.
+                for &(sector, sectors) in &ranges {
                     match sector.checked_add(sectors) {
                         Some(end) if end <= self.disk.capacity() => {}
                         _ => {
@@ -579,7 +585,6 @@ impl BlockQueue {
                             )
                         }
                     }
-                    ranges.push((sector, sectors));
                 }
                 // Only once every range passed: a refused request changes
                 // nothing on the disk.
