@@ -465,6 +465,14 @@ impl BlockQueue {
         to_guest: bool,
         offset: u64,
     ) -> Completion {
+        // FLUSH offered but not negotiated: a write is stable once it is
+        // completed (virtio 1.2 section 5.2.6.2), so commit it first.
+        let r = match r {
+            Ok(fallback) if !to_guest && !self.supported.flush => {
+                self.disk.flush().map(|()| fallback)
+            }
+            r => r,
+        };
         match r {
             Ok(fallback) => {
                 if fallback {
