@@ -447,3 +447,73 @@ fn rings_outside_ram_fail_activation() {
     m.regs.notify();
     assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
 }
+
+#[test]
+fn an_invalid_queue_size_fails_activation() {
+    // Not a power of two, larger than QueueNumMax, and a value that would
+    // truncate to a valid size: each makes DRIVER_OK set DEVICE_NEEDS_RESET
+    // and start nothing (the device would use rings of another size than
+    // the driver laid out).
+    let mut m = Mmio::new(20, 64, false);
+    for bad in [100u32, 512, 0x1_0010, 0] {
+        m.regs.w(STATUS, 0);
+        m.regs.w(STATUS, ACKNOWLEDGE | DRIVER);
+        m.regs.set_driver_features(V1);
+        m.regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        let drv = Driver::standard(memory(&m.gup));
+        m.regs.w(QUEUE_SEL, 0);
+        m.regs.w(QUEUE_NUM, bad);
+        for (lo, addr) in [
+            (QUEUE_DESC_LOW, drv.desc),
+            (QUEUE_DRIVER_LOW, drv.avail),
+            (QUEUE_DEVICE_LOW, drv.used),
+        ] {
+            m.regs.w(lo, addr as u32);
+            m.regs.w(lo + 4, (addr >> 32) as u32);
+        }
+        m.regs.w(QUEUE_READY, 1);
+        m.regs
+            .w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        assert_ne!(
+            m.regs.r(STATUS) & DEVICE_NEEDS_RESET,
+            0,
+            "QueueNum {bad:#x} accepted"
+        );
+        assert_eq!(workers("virtio-blk20"), 0, "QueueNum {bad:#x}");
+    }
+    // After a reset, a valid size works.
+    let mut drv = Driver::standard(memory(&m.gup));
+    assert_eq!(m.regs.init(&drv, V1) & DEVICE_NEEDS_RESET, 0);
+    submit_read(&mut drv, 0, 0, DATA, 512);
+    m.regs.notify();
+    assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
+    m.regs.w(STATUS, 0);
+}
+
+#[test]
+fn queue_ready_zero_stops_the_queue() {
+    let mut m = Mmio::new(21, 64, false);
+    let mut drv = Driver::standard(memory(&m.gup));
+    m.regs.init(&drv, V1);
+    submit_read(&mut drv, 0, 0, DATA, 512);
+    m.regs.notify();
+    wait_used(&mut drv, 1);
+    // The driver stops the queue and reads QueueReady back as 0; the
+    // worker is gone and a chain made available afterwards stays untouched.
+    m.regs.w(QUEUE_SEL, 0);
+    m.regs.w(QUEUE_READY, 0);
+    assert_eq!(m.regs.r(QUEUE_READY), 0);
+    assert_eq!(workers("virtio-blk21"), 0, "threads: {:?}", thread_names());
+    let used = drv.used_idx();
+    submit_read(&mut drv, 1, 0, DATA, 512);
+    m.regs.notify();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(drv.used_idx(), used);
+    // A reset and a re-init bring it back.
+    let mut drv = Driver::standard(memory(&m.gup));
+    m.regs.init(&drv, V1);
+    submit_read(&mut drv, 0, 0, DATA, 512);
+    m.regs.notify();
+    assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
+    m.regs.w(STATUS, 0);
+}

@@ -113,6 +113,7 @@ pub struct MmioTransport {
     active: bool,
     config_generation: u32,
     bad_accesses: u64,
+    bad_queue_size: bool,
     resets: u64,
 }
 
@@ -152,6 +153,7 @@ impl MmioTransport {
             active: false,
             config_generation: 0,
             bad_accesses: 0,
+            bad_queue_size: false,
             resets: 0,
         })
     }
@@ -283,13 +285,34 @@ impl MmioTransport {
             }
             QUEUE_SEL => self.queue_sel = v,
             QUEUE_NUM if setting_up => match self.selected_queue() {
-                Some(q) => q.set_size(v as u16),
+                // A power of two no larger than QueueNumMax (virtio 1.2
+                // 2.7: split queue sizes are powers of two).
+                Some(q) if v.is_power_of_two() && v <= u32::from(q.max_size()) => {
+                    q.set_size(v as u16)
+                }
+                Some(_) => {
+                    // Remembered: the rings the driver laid out are not the
+                    // size the device would use; DRIVER_OK then sets
+                    // DEVICE_NEEDS_RESET instead of starting the device.
+                    self.bad_queue_size = true;
+                    self.bad_accesses += 1;
+                }
                 None => self.bad_accesses += 1,
             },
             QUEUE_READY if setting_up => match self.selected_queue() {
                 Some(q) => q.set_ready(v == 1),
                 None => self.bad_accesses += 1,
             },
+            // QueueReady = 0 after DRIVER_OK stops the queue (virtio 1.2
+            // 4.2.2.3: the device must not access it any more): the device
+            // stops until the next reset, and QueueReady reads 0.
+            QUEUE_READY if v == 0 && self.active => {
+                self.device.reset();
+                self.active = false;
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(false);
+                }
+            }
             QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
             | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH
                 if setting_up =>
@@ -391,6 +414,14 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        if self.bad_queue_size {
+            eprintln!(
+                "virtio-mmio: device type {}: the driver wrote an invalid QueueNum; the device needs a reset",
+                self.device.device_type()
+            );
+            self.interrupt.set_needs_reset();
+            return;
+        }
         let event_idx = self.driver_features & (1 << F_RING_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter_mut().enumerate() {
@@ -468,6 +499,7 @@ impl MmioTransport {
         }
         self.interrupt.reset();
         self.status = 0;
+        self.bad_queue_size = false;
         self.driver_features = 0;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;

@@ -232,6 +232,11 @@ impl BlockQueue {
     fn drain(&mut self) -> usize {
         let mut taken = 0;
         loop {
+            // A reset in progress: stop taking chains, however many the
+            // driver keeps adding.
+            if self.cancel.is_cancelled() {
+                return taken;
+            }
             let mem = self.mem.clone();
             let chain = match self.queue.iter(&mem) {
                 Ok(mut it) => it.next(),
