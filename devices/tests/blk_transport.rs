@@ -456,24 +456,8 @@ fn an_invalid_queue_size_fails_activation() {
     // the driver laid out).
     let mut m = Mmio::new(20, 64, false);
     for bad in [100u32, 512, 0x1_0010, 0] {
-        m.regs.w(STATUS, 0);
-        m.regs.w(STATUS, ACKNOWLEDGE | DRIVER);
-        m.regs.set_driver_features(V1);
-        m.regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         let drv = Driver::standard(memory(&m.gup));
-        m.regs.w(QUEUE_SEL, 0);
-        m.regs.w(QUEUE_NUM, bad);
-        for (lo, addr) in [
-            (QUEUE_DESC_LOW, drv.desc),
-            (QUEUE_DRIVER_LOW, drv.avail),
-            (QUEUE_DEVICE_LOW, drv.used),
-        ] {
-            m.regs.w(lo, addr as u32);
-            m.regs.w(lo + 4, (addr >> 32) as u32);
-        }
-        m.regs.w(QUEUE_READY, 1);
-        m.regs
-            .w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        m.regs.init_sized(&drv, V1, bad);
         assert_ne!(
             m.regs.r(STATUS) & DEVICE_NEEDS_RESET,
             0,

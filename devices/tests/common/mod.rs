@@ -840,6 +840,12 @@ impl Regs {
     /// ACKNOWLEDGE, DRIVER, features, FEATURES_OK (checked), queue 0 at
     /// `drv`'s rings, DRIVER_OK. Returns the Status register afterwards.
     pub fn init(&mut self, drv: &Driver, features: u64) -> u32 {
+        self.init_sized(drv, features, u32::from(drv.size))
+    }
+
+    /// [`Regs::init`] writing `queue_num` to QueueNum instead of the
+    /// driver's queue size.
+    pub fn init_sized(&mut self, drv: &Driver, features: u64, queue_num: u32) -> u32 {
         use devices::virtio::mmio::*;
         use devices::virtio::status::*;
         self.w(STATUS, 0);
@@ -849,7 +855,7 @@ impl Regs {
         self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         assert_ne!(self.r(STATUS) & FEATURES_OK, 0, "FEATURES_OK refused");
         self.w(QUEUE_SEL, 0);
-        self.w(QUEUE_NUM, u32::from(drv.size));
+        self.w(QUEUE_NUM, queue_num);
         for (lo, addr) in [
             (QUEUE_DESC_LOW, drv.desc),
             (QUEUE_DRIVER_LOW, drv.avail),
