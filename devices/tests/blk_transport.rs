@@ -315,14 +315,30 @@ fn workers(name: &str) -> usize {
         .count()
 }
 
+/// [`workers`] once at least `n` of them show: a new thread names itself
+/// after it starts (until then /proc shows its creator's name), so a count
+/// taken right after the spawn can miss it.
+fn workers_at_least(name: &str, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let count = workers(name);
+        if count >= n || std::time::Instant::now() > deadline {
+            return count;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn reset_stops_the_worker_and_a_reinit_works() {
     let mut m = Mmio::new(17, 256, false);
     assert_eq!(workers("virtio-blk17"), 0);
     let mut drv = Driver::standard(memory(&m.gup));
     m.regs.init(&drv, V1);
-    assert!(
-        workers("virtio-blk17") >= 1,
+    // The worker, its four readers and its writer.
+    assert_eq!(
+        workers_at_least("virtio-blk17", 6),
+        6,
         "threads: {:?}",
         thread_names()
     );
