@@ -585,10 +585,11 @@ fn disks_scratch_directory_goes_on_errors_and_signals() {
     if !kvm_or_skip("disks_scratch_directory_goes_on_errors_and_signals (signal part)") {
         return;
     }
-    // SIGTERM while the guest runs (its benchmark keeps it busy for a
-    // while; the signal comes as soon as it printed its first line).
+    // SIGTERM while the guest runs (a benchmark of 100 million random
+    // reads keeps it busy for minutes, so only the signal stops it; the
+    // signal comes as soon as it printed its first byte).
     let mut child = vmm()
-        .args(["--cmdline", "guest.bench=blk"])
+        .args(["--cmdline", "guest.bench=blk guest.bench.requests=100000000"])
         .spawn()
         .expect("starting vmm");
     let mut so = child.stdout.take().expect("piped");
