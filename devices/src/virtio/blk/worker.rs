@@ -9,7 +9,10 @@
 //!
 //! [`BlockQueue::process`] is synchronous (tests and the fuzz target call
 //! it directly); [`spawn`] runs it on a worker thread woken by the queue's
-//! notification eventfd.
+//! notification eventfd. With a [`Pool`] attached, transfers of
+//! [`POOL_MIN_BYTES`] and more run on I/O threads: the worker pins, the I/O
+//! thread transfers and releases, and the worker completes the request
+//! when the pool's eventfd wakes it ([`BlockQueue::complete_transfers`]).
 //!
 //! Every byte the device reads or writes in guest memory for a request
 //! (header, data, ID, status) goes through a guest-mm pin of the
