@@ -127,3 +127,29 @@ fn writes_are_stable_at_completion_without_flush() {
         }
     }
 }
+
+/// A reset that begins while chains are still available: the worker's
+/// `process` must return (taking nothing) instead of looping between a
+/// drain that refuses to take chains and a notification re-enable that
+/// keeps finding them (a reset would then wait forever for the worker;
+/// the random transport test hit this once in 20,000 sequences).
+#[test]
+fn processing_stops_once_a_reset_has_begun() {
+    let mut rig = Rig::default();
+    rig.drv.write(HDR, &header(T_IN, 0));
+    rig.drv.submit(&[r(HDR, 16), w(DATA, 512), w(HDR + 16, 1)]);
+    rig.q.cancel_token().cancel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut q = rig.q;
+    let t = std::thread::spawn(move || {
+        let taken = q.process();
+        let _ = tx.send(taken);
+        q
+    });
+    let taken = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("process() did not return after the cancel");
+    assert_eq!(taken, 0);
+    let q = t.join().expect("the processing thread");
+    assert!(q.has_pending(), "the chain is still there, untaken");
+}

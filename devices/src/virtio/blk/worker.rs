@@ -190,7 +190,9 @@ impl BlockQueue {
     pub fn process(&mut self) -> usize {
         let mut taken = 0;
         self.complete_transfers(false);
-        while !self.broken {
+        // A reset in progress ends the loop: `drain` then takes nothing,
+        // and a ring with chains left would otherwise keep it going.
+        while !self.broken && !self.cancel.is_cancelled() {
             if let Err(e) = self.queue.disable_notification(&self.mem) {
                 self.ring_error(format_args!("disabling notifications: {e}"));
                 break;
