@@ -589,7 +589,10 @@ fn disks_scratch_directory_goes_on_errors_and_signals() {
     // reads keeps it busy for minutes, so only the signal stops it; the
     // signal comes as soon as it printed its first byte).
     let mut child = vmm()
-        .args(["--cmdline", "guest.bench=blk guest.bench.requests=100000000"])
+        .args([
+            "--cmdline",
+            "guest.bench=blk guest.bench.requests=100000000",
+        ])
         .spawn()
         .expect("starting vmm");
     let mut so = child.stdout.take().expect("piped");
