@@ -329,6 +329,16 @@ fn workers_at_least(name: &str, n: usize) -> usize {
     }
 }
 
+/// Re-initialises `m` with the standard rings and checks that a 512-byte
+/// read completes (used length 513) and that no DEVICE_NEEDS_RESET is left.
+fn works_after_reinit(m: &mut Mmio) {
+    let mut drv = Driver::standard(memory(&m.gup));
+    assert_eq!(m.regs.init(&drv, V1) & DEVICE_NEEDS_RESET, 0);
+    submit_read(&mut drv, 0, 0, DATA, 512);
+    m.regs.notify();
+    assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
+}
+
 #[test]
 fn reset_stops_the_worker_and_a_reinit_works() {
     let mut m = Mmio::new(17, 256, false);
@@ -425,12 +435,7 @@ fn a_corrupt_ring_needs_a_reset() {
     // A reset clears it; a re-initialised device works.
     m.regs.w(STATUS, 0);
     assert_eq!(m.regs.r(STATUS), 0);
-    let mut drv = Driver::standard(memory(&m.gup));
-    m.regs.init(&drv, V1);
-    assert_eq!(m.regs.r(STATUS) & DEVICE_NEEDS_RESET, 0);
-    submit_read(&mut drv, 0, 0, DATA, 512);
-    m.regs.notify();
-    assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
+    works_after_reinit(&mut m);
 }
 
 #[test]
@@ -438,7 +443,6 @@ fn rings_outside_ram_fail_activation() {
     let mut m = Mmio::new(19, 64, false);
     // The used ring in the MMIO hole: DRIVER_OK leads to DEVICE_NEEDS_RESET,
     // no worker starts.
-    let drv = Driver::standard(memory(&m.gup));
     let bad = Driver {
         used: HOLE,
         ..Driver::standard(memory(&m.gup))
@@ -456,12 +460,7 @@ fn rings_outside_ram_fail_activation() {
     assert_ne!(m.regs.r(STATUS) & DEVICE_NEEDS_RESET, 0);
     assert_eq!(workers("virtio-blk19"), 0);
     // After a reset, good rings work.
-    let mut drv = drv;
-    m.regs.init(&drv, V1);
-    assert_eq!(m.regs.r(STATUS) & DEVICE_NEEDS_RESET, 0);
-    submit_read(&mut drv, 0, 0, DATA, 512);
-    m.regs.notify();
-    assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
+    works_after_reinit(&mut m);
 }
 
 #[test]
@@ -482,11 +481,7 @@ fn an_invalid_queue_size_fails_activation() {
         assert_eq!(workers("virtio-blk20"), 0, "QueueNum {bad:#x}");
     }
     // After a reset, a valid size works.
-    let mut drv = Driver::standard(memory(&m.gup));
-    assert_eq!(m.regs.init(&drv, V1) & DEVICE_NEEDS_RESET, 0);
-    submit_read(&mut drv, 0, 0, DATA, 512);
-    m.regs.notify();
-    assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
+    works_after_reinit(&mut m);
     m.regs.w(STATUS, 0);
 }
 
@@ -510,10 +505,6 @@ fn queue_ready_zero_stops_the_queue() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(drv.used_idx(), used);
     // A reset and a re-init bring it back.
-    let mut drv = Driver::standard(memory(&m.gup));
-    m.regs.init(&drv, V1);
-    submit_read(&mut drv, 0, 0, DATA, 512);
-    m.regs.notify();
-    assert_eq!(wait_used(&mut drv, 1)[0].1, 513);
+    works_after_reinit(&mut m);
     m.regs.w(STATUS, 0);
 }
