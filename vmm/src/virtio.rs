@@ -73,16 +73,49 @@ pub fn cmdline_entry(i: usize) -> String {
     )
 }
 
-/// `cmdline` with one [`cmdline_entry`] per device appended.
+/// `cmdline` with one [`cmdline_entry`] per device appended: at the end,
+/// or just before a `--` word if there is one (Linux passes everything
+/// after `--` to init, not to the kernel).
 pub fn cmdline_with_devices(cmdline: &str, devices: usize) -> String {
-    let mut s = cmdline.trim_end().to_string();
+    let (kernel, init) = cmdline.split_at(init_args_start(cmdline).unwrap_or(cmdline.len()));
+    let mut s = kernel.trim_end().to_string();
     for i in 0..devices {
         if !s.is_empty() {
             s.push(' ');
         }
         s.push_str(&cmdline_entry(i));
     }
+    let init = init.trim_end();
+    if !init.is_empty() {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(init);
+    }
     s
+}
+
+/// Where the first `--` word of `cmdline` starts, split as Linux splits
+/// its command line (words end at white space outside double quotes).
+fn init_args_start(cmdline: &str) -> Option<usize> {
+    let b = cmdline.as_bytes();
+    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && space(b[i]) {
+            i += 1;
+        }
+        let start = i;
+        let mut quoted = false;
+        while i < b.len() && (quoted || !space(b[i])) {
+            quoted ^= b[i] == b'"';
+            i += 1;
+        }
+        if &b[start..i] == b"--" {
+            return Some(start);
+        }
+    }
+    None
 }
 
 /// Opens every `--disk` as a virtio-blk device (in order: disk `i` gets
@@ -276,6 +309,24 @@ mod tests {
             "virtio_mmio.device=4K@0xd0000000:5"
         );
         assert_eq!(cmdline_with_devices("x", 0), "x");
+        // Before the arguments Linux hands to init, not among them.
+        assert_eq!(
+            cmdline_with_devices("console=ttyS0 -- single x", 1),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 -- single x"
+        );
+        assert_eq!(
+            cmdline_with_devices("-- x ", 1),
+            "virtio_mmio.device=4K@0xd0000000:5 -- x"
+        );
+        assert_eq!(
+            cmdline_with_devices("a --x\t--\ty", 1),
+            "a --x virtio_mmio.device=4K@0xd0000000:5 --\ty"
+        );
+        // A quoted `--` is part of a value.
+        assert_eq!(
+            cmdline_with_devices("init=\"/bin/sh -- x\"", 1),
+            "init=\"/bin/sh -- x\" virtio_mmio.device=4K@0xd0000000:5"
+        );
         assert_eq!(gsi(MAX_DEVICES - 1), IOAPIC_PINS - 1);
         assert_eq!(disk_id(3), "guest-mm-blk3");
         assert!(is_queue_notify(0xd000_0050) && is_queue_notify(0xd001_2050));
