@@ -283,8 +283,11 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         let for_thread = Arc::clone(&shared);
         let name = format!("vcpu{}", v.id);
         let t = thread::Builder::new()
-            .name(name)
-            .spawn(move || v.run(for_thread))
+            .name(name.clone())
+            .spawn(move || {
+                let shared = Arc::clone(&for_thread);
+                stop_vm_if_panics(&shared, &name, move || v.run(for_thread))
+            })
             .map_err(Error::host("spawning a vCPU thread"));
         match t {
             Ok(t) => threads.push(t),
@@ -322,6 +325,19 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     })
 }
 
+/// Runs `body` (a vCPU thread's work); if it panics, asks the VM to stop
+/// with a [`ExitReason::VcpuError`] (else the event loop would wait for
+/// that vCPU forever and only a signal would end the VMM).
+fn stop_vm_if_panics(shared: &VmShared, name: &str, body: impl FnOnce()) {
+    // Unwind safety: the VM stops right after; the locks this thread may
+    // have held are taken over (see `lock_bus`).
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+        shared.request_exit(ExitReason::VcpuError(format!(
+            "{name}: the thread panicked"
+        )));
+    }
+}
+
 /// Stops the vCPU threads: sets `stop`, then kicks each thread out of
 /// `KVM_RUN` until it has returned (a kick that lands just before the
 /// thread enters `KVM_RUN` is lost, hence the repeat).
@@ -333,5 +349,49 @@ fn stop_vcpus(shared: &VmShared, threads: Vec<thread::JoinHandle<()>>) {
             thread::sleep(Duration::from_millis(1));
         }
         let _ = t.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> VmShared {
+        let evt = || EventFd::new(EFD_NONBLOCK).unwrap();
+        let console = ConsoleOut {
+            out: Box::new(io::sink()),
+            first_output: Arc::new(OnceLock::new()),
+        };
+        VmShared {
+            bus: Mutex::new(PioBus::new(SerialConsole::new(evt(), console))),
+            exit: Mutex::new(None),
+            exit_evt: evt(),
+            stop: AtomicBool::new(false),
+            mmio: MmioBus::new(),
+            mmio_unhandled: AtomicU64::new(0),
+            notify_exits: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn a_panicking_vcpu_thread_stops_the_vm() {
+        let s = Arc::new(shared());
+        let for_thread = Arc::clone(&s);
+        thread::spawn(move || stop_vm_if_panics(&for_thread, "vcpu0", || panic!("boom")))
+            .join()
+            .unwrap();
+        assert_eq!(
+            s.exit_reason(),
+            Some(ExitReason::VcpuError("vcpu0: the thread panicked".into()))
+        );
+        assert_eq!(s.exit_evt.read().unwrap(), 1);
+        assert_eq!(
+            ExitReason::VcpuError(String::new()).exit_code(),
+            EXIT_VMM_ERROR
+        );
+        // A thread that returns normally leaves the exit reason alone.
+        let s = shared();
+        stop_vm_if_panics(&s, "vcpu0", || {});
+        assert_eq!(s.exit_reason(), None);
     }
 }
