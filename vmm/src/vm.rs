@@ -201,6 +201,20 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     mut config: VmConfig<K>,
     signals: std::fs::File,
 ) -> Result<RunReport> {
+    let cmdline = crate::virtio::cmdline_with_devices(&config.cmdline, config.disks.len());
+    if cmdline.len() >= boot::CMDLINE_MAX && !config.disks.is_empty() {
+        // Said here: boot::load would count the entries as --cmdline's.
+        return Err(Error::Flag {
+            flag: "--cmdline",
+            why: format!(
+                "{} bytes, {} with the `virtio_mmio.device=` entries of the {} --disk; at most {} fit",
+                config.cmdline.len(),
+                cmdline.len(),
+                config.disks.len(),
+                boot::CMDLINE_MAX - 1
+            ),
+        });
+    }
     let kvm = Kvm::new().map_err(Error::kvm("opening /dev/kvm"))?;
     let start = Instant::now();
     let vm_fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
@@ -219,7 +233,6 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         })
         .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
-    let cmdline = crate::virtio::cmdline_with_devices(&config.cmdline, config.disks.len());
     let entry = boot::load(
         &mem,
         BootSpec {

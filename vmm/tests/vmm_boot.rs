@@ -12,8 +12,9 @@
 //!   scratch directory gone at exit.
 //! - `disks_*`: explicit `--disk` images (read-write with O_DIRECT, and a
 //!   read-only one written by the test) are driven and really written;
-//!   `--disk` errors name the flag and the file; the scratch directory goes
-//!   on error and signal paths too.
+//!   `--disk` errors name the flag and the file (a command line too long
+//!   for the disks' entries names `--cmdline` and `--disk`); the scratch
+//!   directory goes on error and signal paths too.
 //! - `exit_*`, `triple_fault_*`, `sigterm_*`: tiny PVH kernels written by
 //!   the test (a few 32-bit instructions) check the exit-status convention:
 //!   the exit port's value itself, 0 for an i8042 reset, 124 with the
@@ -532,6 +533,18 @@ fn disks_errors_name_the_flag_and_the_file() {
     }
     let out = run(&["--blk-poll-us", "forever"]);
     assert_error(&out, &["--blk-poll-us"]);
+}
+
+#[test]
+fn disks_command_line_too_long_says_why() {
+    // 4080 bytes fit the command line alone; the entry for --disk does not.
+    let disk = TempFile::new("cmdline.img", &[0u8; 4096]);
+    let long = "a".repeat(4080);
+    let out = run(&["--cmdline", &long, "--disk", &disk.arg(",ro")]);
+    assert_error(
+        &out,
+        &["--cmdline: 4080 bytes, 4115 with the `virtio_mmio.device=` entries of the 1 --disk; at most 4095 fit"],
+    );
 }
 
 #[test]
