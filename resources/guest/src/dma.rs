@@ -770,11 +770,11 @@ pub fn run(report: &mut Report, cmd: &[u8]) {
         return;
     }
     let Some(mut arena) = Arena::new() else {
-        report.check(
-            false,
-            format_args!(
-                "blk: the DMA arena {ARENA_BASE:#x}..{ARENA_END:#x} is not RAM in the PVH memory map (give the guest at least 64 MiB)"
-            ),
+        // Too little RAM for the scenarios' buffers: said plainly, not a
+        // failure of the machine or the device (the VMM allows less RAM).
+        let _ = writeln!(
+            Serial,
+            "guest: [skip] blk: every scenario: the DMA arena {ARENA_BASE:#x}..{ARENA_END:#x} is not RAM in the PVH memory map (give the guest at least 64 MiB)"
         );
         return;
     };
