@@ -15,6 +15,10 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{initrd_address, BootSpec, EntryState, KernelFormat, CMDLINE, PML4, ZERO_PAGE};
 use crate::memory::{low_ram_end, memory_map, GuestMemoryMmap};
 
+/// The longest command line x86 Linux keeps (COMMAND_LINE_SIZE 2048, NUL
+/// included), for kernels whose header does not say.
+const X86_COMMAND_LINE_MAX: usize = 2047;
+
 /// `setup_header.boot_flag`.
 const BOOT_FLAG: u16 = 0xaa55;
 /// `setup_header.header`: "HdrS".
@@ -57,11 +61,13 @@ pub fn configure<K>(
         }
     };
     // The kernel's limit on the command line (boot protocol 2.06+; 255
-    // bytes before).
+    // bytes before). An ELF vmlinux has no setup header to say it: x86
+    // Linux keeps COMMAND_LINE_SIZE - 1 = 2047 bytes and silently drops the
+    // rest (the virtio_mmio.device= entries, which come last, first).
     let max_cmdline = match (format, params.hdr.version) {
         (KernelFormat::BzImage, v) if v >= 0x206 => params.hdr.cmdline_size as usize,
         (KernelFormat::BzImage, _) => 255,
-        _ => usize::MAX,
+        _ => X86_COMMAND_LINE_MAX,
     };
     if spec.cmdline.len() > max_cmdline {
         return Err(format!(
