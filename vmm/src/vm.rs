@@ -241,6 +241,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
             initrd: config.initrd.take(),
             cmdline: &cmdline,
             ram_bytes: config.ram_bytes,
+            vcpus: config.vcpus,
         },
     )?;
     let mut mmio = MmioBus::new();

@@ -159,6 +159,7 @@ mod tests {
             initrd: Some(("initrd".into(), vec![1u8; 10000])),
             cmdline: "console=ttyS0",
             ram_bytes: 64 << 20,
+            vcpus: 1,
         };
         let loaded = KernelLoaderResult {
             kernel_load: GuestAddress(0x100_0000),

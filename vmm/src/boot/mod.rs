@@ -21,8 +21,10 @@
 //! | [`BOOT_STACK`] | initial stack pointer for the Linux entry |
 //! | [`PML4`] .. | Linux entry page tables: PML4, PDPT, four PDs (identity 0..4 GiB, 2M leaves) |
 //! | [`CMDLINE`] | the kernel command line (at most [`CMDLINE_MAX`] bytes with the NUL) |
+//! | [`mptable::MPTABLE_START`] | the MP table (in the reserved EBDA: floating pointer, then the configuration table) |
 
 pub mod linux;
+pub mod mptable;
 pub mod pvh;
 
 use std::io::{Read, Seek, SeekFrom};
@@ -199,6 +201,8 @@ pub struct BootSpec<'a, K> {
     pub cmdline: &'a str,
     /// Bytes of guest RAM.
     pub ram_bytes: u64,
+    /// Number of vCPUs (for the MP table).
+    pub vcpus: u8,
 }
 
 /// Kernel image formats we recognise.
@@ -279,6 +283,7 @@ pub fn load<K: Read + Seek + ReadVolatile>(
         mem.write_obj(*d, GuestAddress(BOOT_GDT + 8 * i as u64))
             .map_err(|e| load_err(format!("writing the boot GDT: {e}")))?;
     }
+    mptable::write(mem, spec.vcpus).map_err(load_err)?;
     match loaded.pvh_boot_cap {
         linux_loader::loader::elf::PvhBootCapability::PvhEntryPresent(entry) => {
             pvh::configure(mem, entry.0, loaded.kernel_end, &spec).map_err(load_err)
@@ -384,6 +389,7 @@ mod tests {
                 initrd: initrd.map(|b| ("initrd".to_string(), b)),
                 cmdline,
                 ram_bytes: 64 << 20,
+                vcpus: 1,
             },
         )?;
         Ok((mem, entry))

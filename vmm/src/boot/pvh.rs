@@ -92,6 +92,7 @@ mod tests {
             initrd: Some(("initrd".into(), vec![7u8; 5000])),
             cmdline: "",
             ram_bytes: 64 << 20,
+            vcpus: 1,
         };
         let entry = configure(&mem, 0x10_0000, 0x20_0000, &spec).unwrap();
         assert_eq!(
