@@ -10,13 +10,22 @@
 #                                 /proc, /sys, /dev and starts a shell
 #   target/linux/VERSION          the kernel package and version
 # Usage: resources/linux/make-linux.sh [OUT_DIR]   (default: <repo>/target/linux)
+#   LINUX_FLAVOUR=generic makes the same from Debian's generic kernel
+#   (linux-image-amd64, which reads MP tables: CONFIG_X86_MPPARSE) instead,
+#   default OUT_DIR <repo>/target/linux-generic.
 # Cached: does nothing when the outputs exist (delete OUT_DIR to refresh).
 # Needs apt-get and dpkg-deb (Debian); installs the decompressor and cpio it
 # needs with apt-get when they are missing and it runs as root.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-$root/target/linux}
+flavour=${LINUX_FLAVOUR:-cloud}
+case $flavour in
+  cloud) meta=linux-image-cloud-amd64; default_out=$root/target/linux ;;
+  generic) meta=linux-image-amd64; default_out=$root/target/linux-generic ;;
+  *) echo "make-linux: LINUX_FLAVOUR must be cloud or generic, not $flavour" >&2; exit 1 ;;
+esac
+out=${1:-$default_out}
 if [[ -s $out/vmlinux && -s $out/bzImage && -s $out/initramfs.cpio.gz && -s $out/VERSION ]]; then
   echo "make-linux: cached in $out ($(cat "$out/VERSION"))"
   exit 0
@@ -46,13 +55,13 @@ apt_update() {
 }
 
 # The versioned kernel package behind the metapackage.
-kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+kernel_pkg=$(apt-cache depends "$meta" 2>/dev/null |
   awk '/Depends: linux-image-[0-9]/ {print $2; exit}') || true
 if [[ -z $kernel_pkg ]]; then
   apt_update
-  kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  kernel_pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 fi
-[[ -n $kernel_pkg ]] || { log "no linux-image-cloud-amd64 in the apt lists"; exit 1; }
+[[ -n $kernel_pkg ]] || { log "no $meta in the apt lists"; exit 1; }
 need cpio cpio
 
 work=$(mktemp -d)
