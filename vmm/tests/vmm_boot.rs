@@ -536,6 +536,29 @@ fn disks_errors_name_the_flag_and_the_file() {
 }
 
 #[test]
+fn disks_are_locked_against_a_second_writer() {
+    // One image twice read-write, or read-only and read-write: refused
+    // before the VM starts (an exclusive lock per writable disk, a shared
+    // one per read-only disk). Read-only twice shares the lock.
+    let disk = TempFile::new("locked.img", &[0u8; 4096]);
+    let out = run(&["--disk", &disk.arg(""), "--disk", &disk.arg("")]);
+    assert_error(
+        &out,
+        &[
+            &format!("--disk {}", disk.0.display()),
+            "in use by another disk or process (locked)",
+        ],
+    );
+    let out = run(&["--disk", &disk.arg(",ro"), "--disk", &disk.arg("")]);
+    assert_error(&out, &["(locked)"]);
+    let out = run(&["--disk", &disk.arg(""), "--disk", &disk.arg(",ro")]);
+    assert_error(
+        &out,
+        &["in use read-write by another disk or process (locked)"],
+    );
+}
+
+#[test]
 fn disks_command_line_too_long_says_why() {
     // 4080 bytes fit the command line alone; the entry for --disk does not.
     let disk = TempFile::new("cmdline.img", &[0u8; 4096]);

@@ -64,6 +64,30 @@ impl Disk {
             o.open(&options.path)
         };
         let file = open(false)?;
+        // Two VMs writing one image corrupt it, and a reader sees torn
+        // data: a writable disk takes an exclusive lock, a read-only one a
+        // shared lock, both released when the file closes.
+        let lock = if options.read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on our own open descriptor, no memory involved.
+        if unsafe { libc::flock(file.as_raw_fd(), lock | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    if options.read_only {
+                        "in use read-write by another disk or process (locked)"
+                    } else {
+                        "in use by another disk or process (locked)"
+                    },
+                )
+            } else {
+                e
+            });
+        }
         let direct = if options.direct {
             Some(open(true).map_err(|e| {
                 io::Error::new(
@@ -77,6 +101,13 @@ impl Disk {
         // The end offset, not the metadata length: a block device's
         // metadata says 0 bytes.
         let len = (&file).seek(SeekFrom::End(0))?;
+        if len % 512 != 0 {
+            eprintln!(
+                "virtio-blk: {}: {len} bytes is not a whole number of 512-byte sectors; the last {} bytes are not exposed",
+                options.path.display(),
+                len % 512
+            );
+        }
         Ok(Disk {
             path: options.path.clone(),
             file,
