@@ -133,7 +133,9 @@ fn early_console(test: &str, dir: &Path, vcpus: u8, also: &[&str]) {
     let initrd = dir.join("initramfs.cpio.gz");
     // A disk: `vmm` announces it on the command line (Debian's kernel has
     // virtio_mmio as a module, so it only shows the entry here).
-    let disk = std::env::temp_dir().join(format!("vmm-linux-test-{}.img", std::process::id()));
+    // One file per test: the tests run in parallel, and a writable disk is
+    // locked by the vmm that has it.
+    let disk = std::env::temp_dir().join(format!("vmm-{test}-{}.img", std::process::id()));
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("writing the test disk");
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
