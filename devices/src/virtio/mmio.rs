@@ -434,22 +434,18 @@ impl MmioTransport {
                 self.interrupt.set_needs_reset();
                 return;
             }
-            let mut copy = Queue::new(q.max_size()).unwrap_or_default();
-            copy.set_size(q.size());
-            copy.set_desc_table_address(
-                Some(q.desc_table() as u32),
-                Some((q.desc_table() >> 32) as u32),
-            );
-            copy.set_avail_ring_address(
-                Some(q.avail_ring() as u32),
-                Some((q.avail_ring() >> 32) as u32),
-            );
-            copy.set_used_ring_address(
-                Some(q.used_ring() as u32),
-                Some((q.used_ring() >> 32) as u32),
-            );
-            copy.set_event_idx(event_idx);
-            copy.set_ready(true);
+            // The device's own queue: the same configuration, ready.
+            let copy = match Queue::try_from(q.state()) {
+                Ok(copy) => copy,
+                Err(e) => {
+                    eprintln!(
+                        "virtio-mmio: device type {}: queue {i}: {e}; the device needs a reset",
+                        self.device.device_type()
+                    );
+                    self.interrupt.set_needs_reset();
+                    return;
+                }
+            };
             queues.push(copy);
         }
         let mut notifiers = Vec::with_capacity(self.notifiers.len());

@@ -58,22 +58,13 @@ pub struct Job {
 // `pins`, which travel with them; nothing else refers to those ranges.
 unsafe impl Send for Job {}
 
-/// A finished transfer (its pins already released).
+/// A finished transfer: its job, whose data pins are released (only the
+/// status byte's pin is still held), and the outcome.
 pub struct Finished {
-    /// The chain's head index.
-    pub head: u16,
-    /// Where the status byte goes.
-    pub status_addr: u64,
-    /// Byte offset in the disk.
-    pub offset: u64,
-    /// Data bytes.
-    pub len: u64,
-    /// Disk to guest (a read request).
-    pub to_guest: bool,
+    /// The transfer.
+    pub job: Box<Job>,
     /// Ok(whether O_DIRECT was bypassed), or the host error.
     pub result: io::Result<bool>,
-    /// The status byte's pin, still held.
-    pub status_pin: Option<Pinned>,
 }
 
 /// The threads of one queue.
@@ -111,16 +102,8 @@ fn spawn_thread(
         job.iovs.clear();
         // Released (and dirty-marked) before the worker hears of it, so
         // before the used entry exists.
-        drop(std::mem::take(&mut job.pins));
-        let finished = Finished {
-            head: job.head,
-            status_addr: job.status_addr,
-            offset: job.offset,
-            len: job.len,
-            to_guest: job.to_guest,
-            result,
-            status_pin: job.status_pin.take(),
-        };
+        job.pins.clear();
+        let finished = Finished { job, result };
         if tx.send(finished).is_err() {
             return;
         }

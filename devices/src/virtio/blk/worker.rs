@@ -149,11 +149,13 @@ impl BlockQueue {
     }
 
     fn complete(&mut self, f: Finished) {
-        let c = self.outcome(f.result, f.len, f.to_guest, f.offset);
-        let written = self.finish(f.status_addr, c.status, c.written);
-        // Held since the request started: the status page could not go away.
-        drop(f.status_pin);
-        self.publish(f.head, written);
+        let Finished { job, result } = f;
+        let c = self.outcome(result, job.len, job.to_guest, job.offset);
+        let written = self.finish(job.status_addr, c.status, c.written);
+        // The status pin, held since the request started (the status page
+        // could not go away), goes with the job.
+        drop(job.status_pin);
+        self.publish(job.head, written);
     }
 
     /// Adds the used entry and interrupts if the driver wants it.
