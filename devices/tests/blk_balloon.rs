@@ -65,22 +65,6 @@ const FREE_PAGES: u64 = 256;
 /// Sectors of the disk each slot owns.
 const SLOT_SECTORS: u64 = SLOT_BYTES / 512;
 
-/// A small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// One request in flight.
 #[derive(Clone, Debug)]
 struct Req {

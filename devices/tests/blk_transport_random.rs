@@ -24,22 +24,6 @@ use devices::virtio::mmio::*;
 use devices::virtio::status::*;
 use devices::virtio::F_VERSION_1;
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Registers a driver writes, weighted towards the ones that matter.
 const WRITABLE: &[u64] = &[
     DEVICE_FEATURES_SEL,
