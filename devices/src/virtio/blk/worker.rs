@@ -429,12 +429,7 @@ impl BlockQueue {
         let len: u64 = data.iter().map(|s| s.len).sum();
         if let Err(Refused(class, why)) = self.pin_all(data, to_guest) {
             let what = if to_guest { "read" } else { "write" };
-            self.stats
-                .failed(&self.name, class, format_args!("{what} at {offset}: {why}"));
-            return Some(Completion {
-                status: req_status::IOERR,
-                written: 0,
-            });
+            return Some(self.ioerr(class, format_args!("{what} at {offset}: {why}")));
         }
         if len >= POOL_MIN_BYTES {
             if let Some(pool) = self.pool.as_mut() {
@@ -506,16 +501,20 @@ impl BlockQueue {
             }
             Err(e) => {
                 let what = if to_guest { "read" } else { "write" };
-                self.stats.failed(
-                    &self.name,
+                self.ioerr(
                     ErrorClass::HostIo,
                     format_args!("{what} of {len} bytes at {offset}: {e}"),
-                );
-                Completion {
-                    status: req_status::IOERR,
-                    written: 0,
-                }
+                )
             }
+        }
+    }
+
+    /// Counts (and logs) a failure of `class` and completes with IOERR.
+    fn ioerr(&self, class: ErrorClass, what: std::fmt::Arguments) -> Completion {
+        self.stats.failed(&self.name, class, what);
+        Completion {
+            status: req_status::IOERR,
+            written: 0,
         }
     }
 
@@ -524,13 +523,6 @@ impl BlockQueue {
         let ok = |written: u64| Completion {
             status: req_status::OK,
             written: u32::try_from(written).unwrap_or(u32::MAX),
-        };
-        let fail = |this: &Self, class: ErrorClass, what: String| {
-            this.stats.failed(&this.name, class, format_args!("{what}"));
-            Completion {
-                status: req_status::IOERR,
-                written: 0,
-            }
         };
         match op {
             Op::Read { .. } | Op::Write { .. } => Completion {
@@ -543,7 +535,7 @@ impl BlockQueue {
                     self.stats.completed(Done::Flush);
                     ok(0)
                 }
-                Err(e) => fail(self, ErrorClass::HostIo, format!("flush: {e}")),
+                Err(e) => self.ioerr(ErrorClass::HostIo, format_args!("flush: {e}")),
             },
             Op::GetId { data } => {
                 let (head, _) = super::request::split_at(
@@ -558,14 +550,14 @@ impl BlockQueue {
                         self.stats.completed(Done::GetId);
                         ok(n)
                     }
-                    Err(Refused(class, why)) => fail(self, class, format!("GET_ID: {why}")),
+                    Err(Refused(class, why)) => self.ioerr(class, format_args!("GET_ID: {why}")),
                 }
             }
             Op::Ranges { zeroes, data } => {
                 let total: u64 = data.iter().map(|s| s.len).sum();
                 let mut raw = vec![0u8; total as usize];
                 if let Err(Refused(class, why)) = self.copy_guest(&data, &mut raw, false) {
-                    return fail(self, class, format!("discard ranges: {why}"));
+                    return self.ioerr(class, format_args!("discard ranges: {why}"));
                 }
                 let mut ranges = Vec::with_capacity(raw.len() / RANGE_LEN as usize);
                 for r in raw.chunks_exact(RANGE_LEN as usize) {
@@ -598,10 +590,9 @@ impl BlockQueue {
                     match sector.checked_add(sectors) {
                         Some(end) if end <= self.disk.capacity() => {}
                         _ => {
-                            return fail(
-                                self,
+                            return self.ioerr(
                                 ErrorClass::OutOfRange,
-                                format!("discard of {sectors} sectors at {sector}"),
+                                format_args!("discard of {sectors} sectors at {sector}"),
                             )
                         }
                     }
@@ -613,7 +604,7 @@ impl BlockQueue {
                         self.disk
                             .discard(sector * SECTOR_SIZE, sectors * SECTOR_SIZE, zeroes)
                     {
-                        return fail(self, ErrorClass::HostIo, format!("discard: {e}"));
+                        return self.ioerr(ErrorClass::HostIo, format_args!("discard: {e}"));
                     }
                 }
                 self.stats.completed(Done::Discard);
