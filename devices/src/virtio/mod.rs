@@ -12,6 +12,7 @@
 //! the data through guest-mm pins, and raises the interrupt through an irqfd.
 
 pub mod blk;
+pub mod iommu;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};
