@@ -366,6 +366,8 @@ pub fn run(data: &[u8]) -> Outcome {
         id: "fuzz".into(),
         index: 0,
         poll: Duration::ZERO,
+        endpoint: None,
+        page_request_timeout: devices::virtio::blk::worker::PAGE_REQUEST_TIMEOUT,
     })
     .expect("block device");
     let mut features = (1u64 << F_VERSION_1) | (1 << F_RING_INDIRECT_DESC);

@@ -48,8 +48,12 @@ pub struct Cli {
     /// sits at 0xd0000000 + i * 0x1000, IRQ 5 + i). Options: `ro`
     /// (read-only, offered to the guest as VIRTIO_BLK_F_RO), `direct`
     /// (O_DIRECT for aligned transfers); `,,` is a comma in the path.
-    /// Default for the built-in guest: two scratch disks, removed at exit.
-    #[arg(long, value_name = "PATH[,ro][,direct]", value_parser = parse_disk)]
+    /// Default for the built-in guest: three scratch disks (the third behind
+    /// the IOMMU), removed at exit. `,iommu` puts the disk behind a
+    /// virtio-iommu (docs/guest-va-dma.md): its DMA addresses are then I/O
+    /// virtual addresses, translated by MAP tables or the guest's own page
+    /// tables.
+    #[arg(long, value_name = "PATH[,ro][,direct][,iommu]", value_parser = parse_disk)]
     pub disk: Vec<DiskArg>,
     /// How long (microseconds) a virtio-blk worker keeps polling its queue
     /// after it ran dry, before it sleeps until the next notification
@@ -57,7 +61,17 @@ pub struct Cli {
     #[arg(long, value_name = "US", default_value_t = DEFAULT_BLK_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=MAX_BLK_POLL_US))]
     pub blk_poll_us: u64,
+    /// How long (milliseconds) a DMA request behind the IOMMU waits for the
+    /// guest's answer to its page request before it fails with IOERR.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_IOMMU_PRQ_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_IOMMU_PRQ_TIMEOUT_MS))]
+    pub iommu_prq_timeout_ms: u64,
 }
+
+/// Default --iommu-prq-timeout-ms.
+pub const DEFAULT_IOMMU_PRQ_TIMEOUT_MS: u64 = 2000;
+/// Largest --iommu-prq-timeout-ms (10 minutes).
+pub const MAX_IOMMU_PRQ_TIMEOUT_MS: u64 = 600_000;
 
 /// Default --blk-poll-us: no polling. Measured with the guest's bench mode
 /// (4 KiB random reads at queue depth 32): with both cores free polling
@@ -78,6 +92,8 @@ pub struct DiskArg {
     pub read_only: bool,
     /// O_DIRECT.
     pub direct: bool,
+    /// Behind the IOMMU.
+    pub iommu: bool,
 }
 
 /// `PATH[,ro][,direct]`: the path runs to the first single comma (`,,`
@@ -105,14 +121,16 @@ fn parse_disk(s: &str) -> std::result::Result<DiskArg, String> {
         path: PathBuf::from(path),
         read_only: false,
         direct: false,
+        iommu: false,
     };
     for opt in options.map(|o| o.split(',')).into_iter().flatten() {
         match opt {
             "ro" => disk.read_only = true,
             "direct" => disk.direct = true,
+            "iommu" => disk.iommu = true,
             _ => {
                 return Err(format!(
-                    "unknown option `{opt}` (the options are `ro` and `direct`; `,,` is a comma in the path)"
+                    "unknown option `{opt}` (the options are `ro`, `direct` and `iommu`; `,,` is a comma in the path)"
                 ))
             }
         }
@@ -168,16 +186,27 @@ mod tests {
             "b,,c.img,ro",
             "--disk",
             "d.img,direct,ro",
+            "--disk",
+            "e.img,iommu",
         ])
         .unwrap();
         let disk = |path: &str, read_only, direct| DiskArg {
             path: path.into(),
             read_only,
             direct,
+            iommu: false,
         };
         assert_eq!(c.disk[0], disk("a.img", false, false));
         assert_eq!(c.disk[1], disk("b,c.img", true, false));
         assert_eq!(c.disk[2], disk("d.img", true, true));
+        assert_eq!(
+            c.disk[3],
+            DiskArg {
+                iommu: true,
+                ..disk("e.img", false, false)
+            }
+        );
+        assert_eq!(c.iommu_prq_timeout_ms, DEFAULT_IOMMU_PRQ_TIMEOUT_MS);
         for (arg, bad) in [
             ("a.img,rw", "`rw`"),
             ("a.img,ro,", "``"),

@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 pub const DISK0_BYTES: u64 = 32 << 20;
 /// Size of scratch disk 1 (read-only, patterned).
 pub const DISK1_BYTES: u64 = 4 << 20;
+/// Size of scratch disk 2 (read-write, sparse, behind the IOMMU: the
+/// guest-virtual DMA scenarios).
+pub const DISK2_BYTES: u64 = 8 << 20;
 /// The tag in the top bytes of disk 1's words ("RO").
 pub const DISK1_TAG: u64 = 0x524f_0000_0000_0000;
 
@@ -37,7 +40,8 @@ pub fn disk1_word(offset: u64) -> u64 {
 /// The scratch disks; their directory goes when this is dropped.
 pub struct ScratchDisks {
     dir: TempDir,
-    /// The disks as `--disk` arguments (disk 0 read-write, disk 1 read-only).
+    /// The disks as `--disk` arguments (disk 0 read-write, disk 1
+    /// read-only, disk 2 read-write behind the IOMMU).
     pub disks: Vec<DiskArg>,
 }
 
@@ -68,13 +72,25 @@ impl ScratchDisks {
             what: "writing the scratch disks",
             source,
         })?;
-        let disk = |path: PathBuf, read_only| DiskArg {
+        let path2 = dir.as_path().join("disk2-iommu.img");
+        File::create(&path2)
+            .and_then(|f| f.set_len(DISK2_BYTES))
+            .map_err(|source| Error::Host {
+                what: "writing the scratch disks",
+                source,
+            })?;
+        let disk = |path: PathBuf, read_only, iommu| DiskArg {
             path,
             read_only,
             direct: false,
+            iommu,
         };
         Ok(ScratchDisks {
-            disks: vec![disk(path0, false), disk(path1, true)],
+            disks: vec![
+                disk(path0, false, false),
+                disk(path1, true, false),
+                disk(path2, false, true),
+            ],
             dir,
         })
     }
@@ -116,6 +132,11 @@ mod tests {
         }
         assert_eq!(&bytes[..8], &[0, 0, 0, 0, 0, 0, 0x4f, 0x52]);
         assert!(!s.disks[0].read_only && s.disks[1].read_only);
+        assert_eq!(
+            std::fs::metadata(&s.disks[2].path).unwrap().len(),
+            DISK2_BYTES
+        );
+        assert!(!s.disks[2].read_only && s.disks[2].iommu && !s.disks[0].iommu);
         drop(s);
         assert!(!dir.exists());
     }

@@ -10,7 +10,10 @@
 //! Device `i` (the i-th `--disk`) is a virtio-blk behind a virtio-mmio
 //! transport at [`mmio_base`]`(i)` = 0xd000_0000 + i * 0x1000 (inside the
 //! MMIO hole [`crate::memory`] leaves at 3..4 GiB), interrupt GSI
-//! [`gsi`]`(i)` = 5 + i, GET_ID string `guest-mm-blk<i>`.
+//! [`gsi`]`(i)` = 5 + i, GET_ID string `guest-mm-blk<i>`. When a disk is
+//! behind the IOMMU (`--disk PATH,iommu`), a virtio-iommu takes the slot
+//! after the last disk, and disk `i` is its endpoint `i`
+//! (docs/guest-va-dma.md).
 
 use std::os::unix::fs::FileTypeExt;
 use std::sync::{Arc, Mutex};
@@ -18,7 +21,9 @@ use std::time::Duration;
 
 use devices::mmio::MmioBus;
 use devices::virtio::blk::{Block, BlockConfig, DiskOptions};
+use devices::virtio::iommu::{Iommu, IommuHandle};
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY, STATUS};
+use devices::virtio::VirtioDevice;
 use guest_mm::gup::{Fallback, GupCounters};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -118,20 +123,70 @@ fn init_args_start(cmdline: &str) -> Option<usize> {
     None
 }
 
+/// The virtio devices of a VM: the disks, and the IOMMU when a disk is
+/// behind it (in the slot after the last disk).
+#[derive(Default)]
+pub struct Disks {
+    /// The disks, in slot order.
+    pub blocks: Vec<Block>,
+    /// The IOMMU.
+    pub iommu: Option<Iommu>,
+    /// Its handle (counters, endpoints).
+    pub iommu_handle: Option<IommuHandle>,
+}
+
+impl Disks {
+    /// Devices in the MMIO window (disks and the IOMMU).
+    pub fn len(&self) -> usize {
+        self.blocks.len() + usize::from(self.iommu.is_some())
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// MAXPHYADDR of the host CPU, which KVM passes on to the guest's CPUID
+/// (the IOMMU's page-table walks check reserved bits against it).
+fn host_maxphyaddr() -> u8 {
+    // Leaf 0x8000_0008 exists when the maximum extended leaf says so.
+    let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    if max >= 0x8000_0008 {
+        (std::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff) as u8
+    } else {
+        36
+    }
+}
+
 /// Opens every `--disk` as a virtio-blk device (in order: disk `i` gets
-/// index `i`); each error names `--disk` and the file.
-pub fn open_disks(disks: &[DiskArg], poll: Duration) -> Result<Vec<Block>> {
-    if disks.len() > MAX_DEVICES {
+/// index `i`), with the IOMMU if any disk is behind it; each error names
+/// `--disk` and the file.
+pub fn open_disks(disks: &[DiskArg], poll: Duration, prq_timeout: Duration) -> Result<Disks> {
+    let iommu = disks.iter().any(|d| d.iommu);
+    let devices = disks.len() + usize::from(iommu);
+    if devices > MAX_DEVICES {
         return Err(Error::Flag {
             flag: "--disk",
             why: format!(
-                "{} disks; at most {MAX_DEVICES} fit (one interrupt line each, GSI {FIRST_GSI}..{})",
+                "{} disks{}; at most {MAX_DEVICES} devices fit (one interrupt line each, GSI {FIRST_GSI}..{})",
                 disks.len(),
+                if iommu { " and the IOMMU" } else { "" },
                 IOAPIC_PINS - 1
             ),
         });
     }
-    disks
+    let (iommu, handle) = if iommu {
+        let endpoints = (0..disks.len() as u32)
+            .filter(|&i| disks[i as usize].iommu)
+            .collect();
+        let (i, h) = Iommu::new(endpoints, host_maxphyaddr())
+            .map_err(Error::host("creating the virtio-iommu"))?;
+        (Some(i), Some(h))
+    } else {
+        (None, None)
+    };
+    let blocks = disks
         .iter()
         .enumerate()
         .map(|(index, d)| {
@@ -157,15 +212,26 @@ pub fn open_disks(disks: &[DiskArg], poll: Duration) -> Result<Vec<Block>> {
                 id: disk_id(index),
                 index,
                 poll,
+                endpoint: handle
+                    .as_ref()
+                    .filter(|_| d.iommu)
+                    .and_then(|h| h.endpoint(index as u32)),
+                page_request_timeout: prq_timeout,
             };
             Block::new(&cfg).map_err(file_err)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Disks {
+        blocks,
+        iommu,
+        iommu_handle: handle,
+    })
 }
 
 /// One line naming each disk: `virtio-blk0 PATH (rw, 32 MiB) at 0xd0000000 irq 5, ...`.
-pub fn describe_disks(blocks: &[Block]) -> String {
-    let parts: Vec<String> = blocks
+pub fn describe_disks(disks: &Disks) -> String {
+    let mut parts: Vec<String> = disks
+        .blocks
         .iter()
         .enumerate()
         .map(|(i, b)| {
@@ -177,14 +243,27 @@ pub fn describe_disks(blocks: &[Block]) -> String {
                 format!("{bytes} bytes")
             };
             format!(
-                "virtio-blk{i} {} ({}, {size}) at {:#x} irq {}",
+                "virtio-blk{i} {} ({}{}, {size}) at {:#x} irq {}",
                 disk.path().display(),
                 if disk.read_only() { "ro" } else { "rw" },
+                if b.behind_iommu() {
+                    ", behind the IOMMU"
+                } else {
+                    ""
+                },
                 mmio_base(i),
                 gsi(i)
             )
         })
         .collect();
+    if disks.iommu.is_some() {
+        let i = disks.blocks.len();
+        parts.push(format!(
+            "virtio-iommu at {:#x} irq {}",
+            mmio_base(i),
+            gsi(i)
+        ));
+    }
     parts.join(", ")
 }
 
@@ -234,19 +313,26 @@ pub fn attach(
     mem: &GuestMemoryMmap,
     gup: &Arc<guest_mm::gup::Gup>,
     bus: &mut MmioBus,
-    blocks: Vec<Block>,
+    disks: Disks,
 ) -> Result<Attached> {
     let mut attached = Attached {
-        transports: Vec::with_capacity(blocks.len()),
+        transports: Vec::with_capacity(disks.len()),
         ioeventfd: true,
     };
-    for (i, block) in blocks.into_iter().enumerate() {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(disks.len());
+    for b in disks.blocks {
+        devices.push(Box::new(b));
+    }
+    if let Some(iommu) = disks.iommu {
+        devices.push(Box::new(iommu));
+    }
+    for (i, device) in devices.into_iter().enumerate() {
         let base = mmio_base(i);
         let irq =
             EventFd::new(EFD_NONBLOCK).map_err(Error::host("creating a virtio irq eventfd"))?;
         vm.register_irqfd(&irq, gsi(i))
-            .map_err(Error::kvm("KVM_IRQFD (virtio-blk)"))?;
-        let transport = MmioTransport::new(Box::new(block), mem.clone(), Arc::clone(gup), irq)
+            .map_err(Error::kvm("KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(device, mem.clone(), Arc::clone(gup), irq)
             .map_err(Error::host("creating a virtio-mmio transport"))?;
         if attached.ioeventfd {
             for (q, evt) in transport.notifiers().iter().enumerate() {
@@ -341,15 +427,26 @@ mod tests {
                 path: "/nonexistent".into(),
                 read_only: true,
                 direct: false,
+                iommu: false,
             };
             MAX_DEVICES + 1
         ];
-        let e = open_disks(&disks, Duration::ZERO)
+        let e = open_disks(&disks, Duration::ZERO, Duration::ZERO)
             .err()
             .unwrap()
             .to_string();
         assert!(e.starts_with("--disk: 20 disks; at most 19"), "{e}");
-        let e = open_disks(&disks[..1], Duration::ZERO)
+        let mut behind = disks[..MAX_DEVICES].to_vec();
+        behind[0].iommu = true;
+        let e = open_disks(&behind, Duration::ZERO, Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("--disk: 19 disks and the IOMMU; at most 19"),
+            "{e}"
+        );
+        let e = open_disks(&disks[..1], Duration::ZERO, Duration::ZERO)
             .err()
             .unwrap()
             .to_string();
@@ -358,8 +455,9 @@ mod tests {
             path: "/".into(),
             read_only: true,
             direct: false,
+            iommu: false,
         };
-        let e = open_disks(&[dir], Duration::ZERO)
+        let e = open_disks(&[dir], Duration::ZERO, Duration::ZERO)
             .err()
             .unwrap()
             .to_string();

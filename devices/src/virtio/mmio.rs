@@ -25,7 +25,9 @@ use guest_mm::gup::{GuestMemory, Gup};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{status, Activation, Interrupt, VirtioDevice, F_RING_EVENT_IDX, F_VERSION_1};
+use super::{
+    status, Activation, Interrupt, VirtioDevice, F_ACCESS_PLATFORM, F_RING_EVENT_IDX, F_VERSION_1,
+};
 
 /// Bytes of register space per device (the `4K` of `virtio_mmio.device=4K@...`).
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -389,8 +391,10 @@ impl MmioTransport {
                     // Accepted only for a subset of the offered features
                     // that includes VERSION_1 (this is a modern transport).
                     let offered = self.device.features();
+                    let required = self.device.required_features();
                     if self.driver_features & !offered != 0
                         || self.driver_features & (1 << F_VERSION_1) == 0
+                        || self.driver_features & required != required
                     {
                         // FEATURES_OK stays clear: the driver reads it back.
                         self.status = next;
@@ -426,7 +430,9 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter_mut().enumerate() {
             q.set_event_idx(event_idx);
-            if !q.is_valid(&self.mem) {
+            // With ACCESS_PLATFORM the ring addresses are I/O virtual
+            // addresses: the device translates and checks them.
+            if self.driver_features & (1 << F_ACCESS_PLATFORM) == 0 && !q.is_valid(&self.mem) {
                 eprintln!(
                     "virtio-mmio: device type {}: queue {i} is not ready or its rings are outside RAM; the device needs a reset",
                     self.device.device_type()

@@ -28,6 +28,9 @@ pub const F_VERSION_1: u32 = 32;
 pub const F_RING_INDIRECT_DESC: u32 = 28;
 /// Feature bit: used_event / avail_event (VIRTIO_F_RING_EVENT_IDX).
 pub const F_RING_EVENT_IDX: u32 = 29;
+/// Feature bit: the device's addresses go through the platform's IOMMU
+/// (VIRTIO_F_ACCESS_PLATFORM).
+pub const F_ACCESS_PLATFORM: u32 = 33;
 
 /// Device status bits (virtio 1.2 section 2.1).
 pub mod status {
@@ -149,6 +152,11 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// The features the device offers.
     fn features(&self) -> u64;
+    /// The features a driver must accept for FEATURES_OK (e.g.
+    /// ACCESS_PLATFORM for a device behind the IOMMU).
+    fn required_features(&self) -> u64 {
+        0
+    }
     /// Reads `data.len()` bytes of the configuration space at `offset`
     /// (bytes past its end read as 0).
     fn read_config(&self, offset: u64, data: &mut [u8]);

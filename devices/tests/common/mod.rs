@@ -438,6 +438,8 @@ pub fn block_config(file: &TestFile, read_only: bool, direct: bool) -> BlockConf
         id: ID.to_string(),
         index: 0,
         poll: Duration::ZERO,
+        endpoint: None,
+        page_request_timeout: devices::virtio::blk::worker::PAGE_REQUEST_TIMEOUT,
     }
 }
 
@@ -563,6 +565,8 @@ pub fn delta(before: &BlockCounters, after: &BlockCounters) -> BlockCounters {
         interrupts: after.interrupts - before.interrupts,
         notifications: after.notifications - before.notifications,
         direct_fallbacks: after.direct_fallbacks - before.direct_fallbacks,
+        parked: after.parked - before.parked,
+        resumed: after.resumed - before.resumed,
         errors: std::array::from_fn(|i| after.errors[i] - before.errors[i]),
     }
 }

@@ -28,10 +28,14 @@ pub use disk::{Disk, DiskOptions};
 pub use stats::{BlockCounters, BlockStats, ErrorClass};
 pub use worker::BlockQueue;
 
+use guest_mm::gup::{GuestMemory, Gup, GupFlags, Pinned};
 use request::{Supported, ID_LEN};
+use virtio_queue::{Queue, QueueT};
 
+use super::iommu::{DmaError, Endpoint};
 use super::{
-    ActivateError, Activation, VirtioDevice, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
+    ActivateError, Activation, VirtioDevice, F_ACCESS_PLATFORM as ACCESS_PLATFORM,
+    F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
 };
 
 /// The virtio device ID of a block device.
@@ -98,6 +102,12 @@ pub struct BlockConfig {
     pub index: usize,
     /// How long the worker keeps polling the ring after it ran dry.
     pub poll: Duration,
+    /// The IOMMU endpoint when the disk is behind the IOMMU: it then
+    /// offers and requires ACCESS_PLATFORM, and every address (rings
+    /// included) goes through the endpoint's domain.
+    pub endpoint: Option<Endpoint>,
+    /// How long a request parked on a page request waits for the answer.
+    pub page_request_timeout: Duration,
 }
 
 /// A virtio-blk device.
@@ -109,6 +119,8 @@ pub struct Block {
     features: u64,
     config: [u8; config::LEN],
     poll: Duration,
+    endpoint: Option<Endpoint>,
+    page_request_timeout: Duration,
     worker: Option<worker::Worker>,
 }
 
@@ -122,6 +134,9 @@ impl Block {
             | (1 << features::SEG_MAX)
             | (1 << features::BLK_SIZE)
             | (1 << features::FLUSH);
+        if cfg.endpoint.is_some() {
+            features |= 1 << ACCESS_PLATFORM;
+        }
         if disk.read_only() {
             features |= 1 << features::RO;
         } else {
@@ -150,8 +165,15 @@ impl Block {
             features,
             config,
             poll: cfg.poll,
+            endpoint: cfg.endpoint.clone(),
+            page_request_timeout: cfg.page_request_timeout,
             worker: None,
         })
+    }
+
+    /// Whether the disk is behind the IOMMU.
+    pub fn behind_iommu(&self) -> bool {
+        self.endpoint.is_some()
     }
 
     /// The counters.
@@ -176,7 +198,19 @@ impl Block {
             discard: f & (1 << features::DISCARD) != 0,
             write_zeroes: f & (1 << features::WRITE_ZEROES) != 0,
         };
-        Ok(BlockQueue::new(
+        let mut queue = queue;
+        let ring_pins = match &self.endpoint {
+            Some(ep) => {
+                if f & (1 << ACCESS_PLATFORM) == 0 {
+                    return Err(ActivateError(
+                        "the disk is behind the IOMMU and the driver did not accept ACCESS_PLATFORM".into(),
+                    ));
+                }
+                translate_rings(ep, &activation.gup, &activation.mem, &mut queue)?
+            }
+            None => Vec::new(),
+        };
+        let mut q = BlockQueue::new(
             self.name.clone(),
             queue,
             activation.mem,
@@ -186,7 +220,80 @@ impl Block {
             Arc::clone(&self.stats),
             self.id,
             supported,
-        ))
+        );
+        if let Some(ep) = &self.endpoint {
+            q.attach_endpoint(ep.clone(), ring_pins, self.page_request_timeout);
+        }
+        Ok(q)
+    }
+}
+
+/// Translates the rings' I/O virtual addresses through `ep`'s domain and
+/// points `queue` at the guest-physical addresses; returns the long-term
+/// pins that keep them there. Each ring must be contiguous in
+/// guest-physical memory.
+fn translate_rings(
+    ep: &Endpoint,
+    gup: &Gup,
+    mem: &GuestMemory,
+    queue: &mut Queue,
+) -> Result<Vec<Pinned>, ActivateError> {
+    let size = u64::from(queue.size());
+    let rings = [
+        ("descriptor table", queue.desc_table(), 16 * size, false),
+        ("available ring", queue.avail_ring(), 6 + 2 * size, false),
+        ("used ring", queue.used_ring(), 6 + 8 * size, true),
+    ];
+    let mut all = Vec::new();
+    let mut gpas = [0u64; 3];
+    for (i, (what, iova, len, write)) in rings.into_iter().enumerate() {
+        let mut pins = Vec::new();
+        if let Err(e) = ep.pin(gup, iova, len, write, GupFlags::LONGTERM, None, &mut pins) {
+            if let DmaError::Fault(f) = &e {
+                ep.report_fault(f);
+            }
+            return Err(ActivateError(format!(
+                "the {what} at iova {iova:#x} cannot be translated: {e}"
+            )));
+        }
+        let mut next = None;
+        for e in pins.iter().flat_map(|p| p.extents()) {
+            match next {
+                None => gpas[i] = e.gpa,
+                Some(n) if n != e.gpa => {
+                    return Err(ActivateError(format!(
+                        "the {what} at iova {iova:#x} is not contiguous in guest-physical memory"
+                    )))
+                }
+                Some(_) => {}
+            }
+            next = Some(e.gpa + e.len);
+        }
+        all.extend(pins);
+    }
+    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+    let (lo, hi) = split(gpas[0]);
+    queue.set_desc_table_address(lo, hi);
+    let (lo, hi) = split(gpas[1]);
+    queue.set_avail_ring_address(lo, hi);
+    let (lo, hi) = split(gpas[2]);
+    queue.set_used_ring_address(lo, hi);
+    if !queue.is_valid(mem) {
+        return Err(ActivateError(
+            "the translated rings are not valid (outside RAM or misaligned)".into(),
+        ));
+    }
+    Ok(all)
+}
+
+impl Block {
+    /// The features a driver must accept (ACCESS_PLATFORM behind the IOMMU).
+    fn required(&self) -> u64 {
+        if self.endpoint.is_some() {
+            1 << ACCESS_PLATFORM
+        } else {
+            0
+        }
     }
 }
 
@@ -201,6 +308,10 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         self.features
+    }
+
+    fn required_features(&self) -> u64 {
+        self.required()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -37,11 +37,14 @@ pub enum ErrorClass {
     /// The available ring is corrupt (its index ran more than a queue
     /// ahead): the device sets DEVICE_NEEDS_RESET and stops the queue.
     Ring,
+    /// Behind the IOMMU: a translation fault the guest did not resolve
+    /// (the fault is reported on the IOMMU's event queue).
+    Translation,
 }
 
 impl ErrorClass {
     /// Every class, in counter order.
-    pub const ALL: [ErrorClass; 9] = [
+    pub const ALL: [ErrorClass; 10] = [
         ErrorClass::Malformed,
         ErrorClass::BadAddress,
         ErrorClass::UnalignedLength,
@@ -51,6 +54,7 @@ impl ErrorClass {
         ErrorClass::NoStatus,
         ErrorClass::HostIo,
         ErrorClass::Ring,
+        ErrorClass::Translation,
     ];
 
     /// Its name in reports.
@@ -65,6 +69,7 @@ impl ErrorClass {
             ErrorClass::NoStatus => "no_status",
             ErrorClass::HostIo => "host_io",
             ErrorClass::Ring => "ring",
+            ErrorClass::Translation => "translation",
         }
     }
 
@@ -87,6 +92,8 @@ pub struct BlockStats {
     interrupts: AtomicU64,
     notifications: AtomicU64,
     direct_fallbacks: AtomicU64,
+    parked: AtomicU64,
+    resumed: AtomicU64,
     errors: [AtomicU64; ErrorClass::ALL.len()],
 }
 
@@ -115,6 +122,10 @@ pub struct BlockCounters {
     pub notifications: u64,
     /// O_DIRECT transfers redone through the page cache (unaligned buffers).
     pub direct_fallbacks: u64,
+    /// Requests parked on a page request (one per page request sent).
+    pub parked: u64,
+    /// Parked requests run again after a SUCCESS response.
+    pub resumed: u64,
     /// Failed requests by class, in [`ErrorClass::ALL`] order.
     pub errors: [u64; ErrorClass::ALL.len()],
 }
@@ -147,6 +158,9 @@ impl BlockCounters {
         );
         if self.direct_fallbacks != 0 {
             let _ = write!(s, " direct_fallbacks={}", self.direct_fallbacks);
+        }
+        if self.parked != 0 {
+            let _ = write!(s, " page_requests={} resumed={}", self.parked, self.resumed);
         }
         let _ = write!(s, " errors={}", self.errors_total());
         for c in ErrorClass::ALL {
@@ -226,6 +240,16 @@ impl BlockStats {
         self.direct_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request parked on a page request.
+    pub fn parked(&self) {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A parked request resumed after SUCCESS.
+    pub fn resumed(&self) {
+        self.resumed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A copy of the counters.
     pub fn snapshot(&self) -> BlockCounters {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -241,6 +265,8 @@ impl BlockStats {
             interrupts: load(&self.interrupts),
             notifications: load(&self.notifications),
             direct_fallbacks: load(&self.direct_fallbacks),
+            parked: load(&self.parked),
+            resumed: load(&self.resumed),
             errors: std::array::from_fn(|i| load(&self.errors[i])),
         }
     }

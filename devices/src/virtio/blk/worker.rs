@@ -17,6 +17,15 @@
 //! Every byte the device reads or writes in guest memory for a request
 //! (header, data, ID, status) goes through a guest-mm pin of the
 //! guest-physical range; only the rings are accessed through vm-memory.
+//!
+//! Behind the IOMMU (an [`Endpoint`]) every address is an I/O virtual
+//! address, pinned through the endpoint's domain (docs/guest-va-dma.md).
+//! Before a request runs, its buffers are pinned once to find a
+//! translation fault; a fault the domain resolves by page requests parks
+//! the request ([`Parked`]) and sends the page request, and the request
+//! runs again from the start when the guest answers SUCCESS (or completes
+//! with IOERR on INVALID, FAILURE or a timeout). Other requests go on
+//! meanwhile.
 
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +34,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use guest_mm::gup::{AddressSpace, CancelToken, GuestMemory, Gup, GupError, GupFlags, Pinned};
+
+use crate::virtio::iommu::{DmaError, DmaFault, Endpoint, Response};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -43,6 +54,23 @@ use crate::virtio::{Interrupt, INT_USED_RING};
 const PIN_RETRIES: u32 = 50;
 /// VRING_AVAIL_F_NO_INTERRUPT.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Page requests one request may send before it completes with IOERR (a
+/// guest answering SUCCESS without mapping anything cannot loop the
+/// device forever).
+pub const MAX_PAGE_REQUESTS: u32 = 64;
+/// How long a parked request waits for its page response by default.
+pub const PAGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request waiting for the answer to its page request.
+struct Parked {
+    head: u16,
+    chain: Chain,
+    group: u16,
+    fault: DmaFault,
+    deadline: Instant,
+    /// Page requests this request sent so far.
+    rounds: u32,
+}
 
 /// One request queue of a virtio-blk device and everything it needs.
 pub struct BlockQueue {
@@ -63,6 +91,15 @@ pub struct BlockQueue {
     /// The status byte's pin while its request runs.
     status_pin: Option<Pinned>,
     pool: Option<Pool>,
+    /// The IOMMU endpoint, for a device behind the IOMMU.
+    endpoint: Option<Endpoint>,
+    /// Requests waiting for a page response.
+    parked: Vec<Parked>,
+    /// How long a page request may wait.
+    prq_timeout: Duration,
+    /// Long-term pins of the rings (behind the IOMMU: translated once at
+    /// activation).
+    ring_pins: Vec<Pinned>,
 }
 
 // SAFETY: the raw pointers in `iovs` are scratch space, only meaningful
@@ -110,6 +147,142 @@ impl BlockQueue {
             pins: Vec::new(),
             status_pin: None,
             pool: None,
+            endpoint: None,
+            parked: Vec::new(),
+            prq_timeout: PAGE_REQUEST_TIMEOUT,
+            ring_pins: Vec::new(),
+        }
+    }
+
+    /// Puts the queue behind the IOMMU: every address goes through
+    /// `endpoint`'s domain; the rings were translated to the guest-physical
+    /// addresses the queue now holds, and `ring_pins` keep them.
+    pub fn attach_endpoint(
+        &mut self,
+        endpoint: Endpoint,
+        ring_pins: Vec<Pinned>,
+        prq_timeout: Duration,
+    ) {
+        self.endpoint = Some(endpoint);
+        self.ring_pins = ring_pins;
+        self.prq_timeout = prq_timeout;
+    }
+
+    /// The eventfd a page response for this queue's endpoint writes.
+    pub fn response_evt(&self) -> Option<&EventFd> {
+        self.endpoint.as_ref().map(|e| e.response_evt())
+    }
+
+    /// Requests parked on a page request.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// When the first parked request times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.parked.iter().map(|p| p.deadline).min()
+    }
+
+    /// Starts a chain behind the IOMMU: pins its buffers once to find a
+    /// translation fault; parks it on a page request when its domain
+    /// resolves faults so, reports the fault otherwise (the request then
+    /// fails with IOERR when it runs). `None`: parked or handed to the pool.
+    fn start(&mut self, head: u16, chain: Chain, rounds: u32) -> Option<u32> {
+        if let Some(fault) = self.prefault(&chain) {
+            let ep = self.endpoint.clone()?;
+            if fault.requestable && rounds < MAX_PAGE_REQUESTS {
+                let group = ep.page_request(&fault);
+                self.stats.parked();
+                self.parked.push(Parked {
+                    head,
+                    chain,
+                    group,
+                    fault,
+                    deadline: Instant::now() + self.prq_timeout,
+                    rounds: rounds + 1,
+                });
+                return None;
+            }
+            ep.report_fault(&fault);
+        }
+        self.execute(head, &chain)
+    }
+
+    /// The first translation fault of the chain's buffers, behind the IOMMU.
+    fn prefault(&self, chain: &Chain) -> Option<DmaFault> {
+        let ep = self.endpoint.as_ref()?;
+        let mut scratch = Vec::new();
+        for (segs, write) in [(&chain.readable, false), (&chain.writable, true)] {
+            for s in segs {
+                let r = ep.pin(
+                    &self.gup,
+                    s.addr,
+                    s.len,
+                    write,
+                    GupFlags::NONE,
+                    Some(&self.cancel),
+                    &mut scratch,
+                );
+                scratch.clear();
+                if let Err(DmaError::Fault(f)) = r {
+                    return Some(f);
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs the parked requests whose page request was answered, and fails
+    /// those refused or timed out.
+    fn service_parked(&mut self) {
+        let Some(ep) = self.endpoint.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.parked.len() {
+            let (group, deadline) = (self.parked[i].group, self.parked[i].deadline);
+            let answer = match ep.response(group) {
+                Some(r) => Some(r),
+                None if now >= deadline => {
+                    ep.abandon(group);
+                    ep.timed_out();
+                    None
+                }
+                None => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let p = self.parked.swap_remove(i);
+            if answer == Some(Response::Success) {
+                self.stats.resumed();
+                if let Some(written) = self.start(p.head, p.chain, p.rounds) {
+                    self.publish(p.head, written);
+                }
+                continue;
+            }
+            ep.report_fault(&p.fault);
+            self.stats.failed(
+                &self.name,
+                ErrorClass::Translation,
+                format_args!(
+                    "chain {}: page request {} for {}: {}",
+                    p.head,
+                    group,
+                    p.fault,
+                    match answer {
+                        Some(Response::Invalid) => "refused (INVALID)",
+                        Some(Response::Failure) => "refused (FAILURE)",
+                        _ => "no response in time",
+                    }
+                ),
+            );
+            let written = match p.chain.status_addr() {
+                Some(status_addr) => self.finish(status_addr, req_status::IOERR, 0),
+                None => 0,
+            };
+            self.publish(p.head, written);
         }
     }
 
@@ -192,6 +365,7 @@ impl BlockQueue {
     pub fn process(&mut self) -> usize {
         let mut taken = 0;
         self.complete_transfers(false);
+        self.service_parked();
         // A reset in progress ends the loop: `drain` then takes nothing,
         // and a ring with chains left would otherwise keep it going.
         while !self.broken && !self.cancel.is_cancelled() {
@@ -268,9 +442,9 @@ impl BlockQueue {
                 continue;
             }
             let done = match Chain::from_descriptors(chain) {
-                Ok(c) => match self.execute(head, &c) {
+                Ok(c) => match self.start(head, c, 0) {
                     Some(written) => written,
-                    // Handed to the pool: completed later.
+                    // Handed to the pool or parked: completed later.
                     None => continue,
                 },
                 Err(e) => {
@@ -330,7 +504,7 @@ impl BlockQueue {
             },
             true,
         ) {
-            Ok(p) => Some(p),
+            Ok(mut p) => p.pop(),
             Err(Refused(class, why)) => {
                 self.stats
                     .failed(&self.name, class, format_args!("status byte: {why}"));
@@ -613,25 +787,48 @@ impl BlockQueue {
         }
     }
 
-    /// Pins one range, retrying while a balloon holds its frames frozen.
-    fn pin(&self, seg: &Segment, write: bool) -> Result<Pinned, Refused> {
+    /// Pins one range (one pin, or several behind the IOMMU), retrying
+    /// while a balloon holds its frames frozen.
+    fn pin(&self, seg: &Segment, write: bool) -> Result<Vec<Pinned>, Refused> {
         let mut flags = GupFlags::PIN;
         if write {
             flags |= GupFlags::WRITE;
         }
         let mut tries = 0;
         loop {
-            let r = self.gup.pin_cancellable(
-                &AddressSpace::Physical,
-                seg.addr,
-                seg.len,
-                flags,
-                Some(&self.cancel),
-            );
-            let short = match r {
-                Ok(p) if p.bytes() == seg.len => return Ok(p),
-                Ok(p) => p.short_reason().copied().unwrap_or(GupError::Again),
-                Err(e) => e,
+            let short = match &self.endpoint {
+                None => {
+                    let r = self.gup.pin_cancellable(
+                        &AddressSpace::Physical,
+                        seg.addr,
+                        seg.len,
+                        flags,
+                        Some(&self.cancel),
+                    );
+                    match r {
+                        Ok(p) if p.bytes() == seg.len => return Ok(vec![p]),
+                        Ok(p) => p.short_reason().copied().unwrap_or(GupError::Again),
+                        Err(e) => e,
+                    }
+                }
+                Some(ep) => {
+                    let mut pins = Vec::new();
+                    match ep.pin(
+                        &self.gup,
+                        seg.addr,
+                        seg.len,
+                        write,
+                        GupFlags::NONE,
+                        Some(&self.cancel),
+                        &mut pins,
+                    ) {
+                        Ok(()) => return Ok(pins),
+                        Err(DmaError::Fault(f)) => {
+                            return Err(Refused(ErrorClass::Translation, f.to_string()))
+                        }
+                        Err(DmaError::Pin(e)) => e,
+                    }
+                }
             };
             tries += 1;
             if short != GupError::Again || tries >= PIN_RETRIES {
@@ -658,18 +855,20 @@ impl BlockQueue {
         self.release();
         for s in segs {
             match self.pin(s, write) {
-                Ok(p) => {
-                    for e in p.iter_extents() {
-                        let Some(host) = e.host_ptr() else {
-                            self.release();
-                            return Err(Refused(ErrorClass::BadAddress, "a hole".into()));
-                        };
-                        self.iovs.push(libc::iovec {
-                            iov_base: host.cast(),
-                            iov_len: e.len as usize,
-                        });
+                Ok(pins) => {
+                    for p in pins {
+                        for e in p.iter_extents() {
+                            let Some(host) = e.host_ptr() else {
+                                self.release();
+                                return Err(Refused(ErrorClass::BadAddress, "a hole".into()));
+                            };
+                            self.iovs.push(libc::iovec {
+                                iov_base: host.cast(),
+                                iov_len: e.len as usize,
+                            });
+                        }
+                        self.pins.push(p);
                     }
-                    self.pins.push(p);
                 }
                 Err(r) => {
                     self.release();
@@ -715,6 +914,18 @@ impl BlockQueue {
         }
         self.release();
         Ok(())
+    }
+}
+
+impl Drop for BlockQueue {
+    fn drop(&mut self) {
+        // A reset: parked requests are never completed, and their page
+        // requests are forgotten (a late answer gets NOENT).
+        if let Some(ep) = &self.endpoint {
+            for p in &self.parked {
+                ep.abandon(p.group);
+            }
+        }
     }
 }
 
@@ -768,17 +979,25 @@ pub fn spawn(mut queue: BlockQueue, notifier: EventFd, poll: Duration) -> std::i
                 events: libc::POLLIN,
                 revents: 0,
             };
-            // The pool's eventfd, when there is a pool (else the notifier
+            // The pool's eventfd, when there is a pool, and the page
+            // responses' eventfd, behind the IOMMU (else the notifier
             // again, harmlessly).
             let pool_fd = queue.pool_evt().map_or(fd(&notifier), fd);
+            let response_fd = queue.response_evt().map_or(fd(&notifier), fd);
             let mut fds = [
                 pollfd(fd(&notifier)),
                 pollfd(fd(&wake_thread)),
                 pollfd(pool_fd),
+                pollfd(response_fd),
             ];
             while !stop_thread.load(Ordering::Acquire) {
-                // SAFETY: three valid pollfds owned by this frame.
-                let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+                // Parked requests time out: wake up for the first deadline.
+                let timeout = queue.next_deadline().map_or(-1, |d| {
+                    let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                    i32::try_from(ms).unwrap_or(i32::MAX).saturating_add(1)
+                });
+                // SAFETY: four valid pollfds owned by this frame.
+                let r = unsafe { libc::poll(fds.as_mut_ptr(), 4, timeout) };
                 if r < 0 {
                     if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                         continue;
@@ -795,6 +1014,11 @@ pub fn spawn(mut queue: BlockQueue, notifier: EventFd, poll: Duration) -> std::i
                 }
                 if fds[2].revents != 0 {
                     if let Some(evt) = queue.pool_evt() {
+                        let _ = evt.read();
+                    }
+                }
+                if fds[3].revents != 0 {
+                    if let Some(evt) = queue.response_evt() {
                         let _ = evt.read();
                     }
                 }

@@ -274,6 +274,7 @@ impl Endpoint {
     /// Pins `[iova, iova + len)` for a device read (or a write with
     /// `write`) into `out`, one or more pins. `extra` adds GUP flags (e.g.
     /// LONGTERM). On an error the pins taken so far stay in `out`.
+    #[allow(clippy::too_many_arguments)]
     pub fn pin(
         &self,
         gup: &Gup,

@@ -111,6 +111,10 @@ struct Inner {
     pending: VecDeque<([u8; RECORD_LEN], bool)>,
     /// Fault reports among `pending`.
     reports: usize,
+    /// The last record [`Events::next_record`] handed out was a fault
+    /// report the worker may still put back ([`Events::unget`]): it counts
+    /// against the bound until the worker asks for the next record.
+    report_in_flight: bool,
     /// Next group id per endpoint.
     next_group: HashMap<u32, u16>,
     /// Outstanding page requests (endpoint, group) and their answer once
@@ -164,7 +168,7 @@ impl Events {
     /// Queues a fault report (dropped, and counted, when too many wait).
     pub fn report(&self, endpoint: u32, fault: &DmaFault) {
         let mut g = self.lock();
-        if g.reports >= MAX_PENDING_REPORTS {
+        if g.reports + usize::from(g.report_in_flight) >= MAX_PENDING_REPORTS {
             g.dropped += 1;
             return;
         }
@@ -195,9 +199,13 @@ impl Events {
     /// Takes the next record to write, if any.
     pub fn next_record(&self) -> Option<[u8; RECORD_LEN]> {
         let mut g = self.lock();
+        // The worker asks for the next record only once it wrote (or put
+        // back) the previous one.
+        g.report_in_flight = false;
         let (r, is_request) = g.pending.pop_front()?;
         if !is_request {
             g.reports -= 1;
+            g.report_in_flight = true;
         }
         Some(r)
     }
@@ -208,6 +216,7 @@ impl Events {
         let is_request = u32::from_le_bytes([r[4], r[5], r[6], r[7]]) & flags::PAGE_REQUEST != 0;
         if !is_request {
             g.reports += 1;
+            g.report_in_flight = false;
         }
         g.pending.push_front((r, is_request));
     }
@@ -253,6 +262,7 @@ impl Events {
         let mut g = self.lock();
         g.pending.clear();
         g.reports = 0;
+        g.report_in_flight = false;
         g.outstanding.clear();
     }
 

@@ -151,8 +151,13 @@ pub fn execute(ctx: &Context, readable: &[u8], writable: usize) -> Vec<u8> {
         ctx.shared.stats.failed();
     }
     // PROBE's properties fill probe_size bytes; the tail follows them.
-    if kind == kind::PROBE && st == status::OK {
-        out.resize(PROBE_SIZE as usize, 0);
+    // When the driver's properties are shorter than probe_size (INVAL),
+    // the tail ends its buffer; a failed PROBE writes no property.
+    if kind == kind::PROBE {
+        if st != status::OK {
+            out.clear();
+        }
+        out.resize((PROBE_SIZE as usize).min(writable - TAIL_LEN), 0);
     } else {
         out.clear();
     }
@@ -218,9 +223,8 @@ fn detach(ctx: &Context, b: &Body) -> u8 {
     if !ctx.shared.endpoints.contains(&endpoint) {
         return status::NOENT;
     }
-    if b.u32(12) != 0 || !b.zero(16, 20) {
-        return status::INVAL;
-    }
+    // Bytes 12..20 are reserved, which the device must ignore (virtio 1.2
+    // 5.13.6.4).
     let mut t = ctx.shared.write();
     if t.attached.get(&endpoint) != Some(&domain) {
         return status::INVAL;
@@ -245,6 +249,11 @@ fn map(ctx: &Context, b: &Body) -> u8 {
         || phys.checked_add(end - start).is_none()
     {
         return status::RANGE;
+    }
+    // The MSI window is a RESV_MEM region: a MAP overlapping it is refused
+    // (virtio 1.2 5.13.6.8.2.2).
+    if start <= MSI_WINDOW.1 && end >= MSI_WINDOW.0 {
+        return status::INVAL;
     }
     let mut t = ctx.shared.write();
     let Some(d) = t.domains.get_mut(&domain) else {
@@ -318,9 +327,8 @@ fn probe(ctx: &Context, b: &Body, writable: usize, out: &mut Vec<u8>) -> u8 {
     if !ctx.shared.endpoints.contains(&b.u32(4)) {
         return status::NOENT;
     }
-    if !b.zero(8, 72) {
-        return status::INVAL;
-    }
+    // Bytes 8..72 are reserved, which the device must ignore (virtio 1.2
+    // 5.13.6.7).
     if writable < PROBE_SIZE as usize + TAIL_LEN {
         return status::INVAL;
     }
@@ -426,16 +434,21 @@ fn page_resp(ctx: &Context, b: &Body) -> u8 {
     let Ok(group) = u16::try_from(group) else {
         return status::INVAL;
     };
-    if ctx.shared.read().attached.get(&endpoint) != Some(&domain) {
+    // The tables stay locked until the answer is recorded: a FAILURE stops
+    // the endpoint's page requests before its device sees the answer, and
+    // only if the group was outstanding.
+    let mut t = ctx.shared.write();
+    if t.attached.get(&endpoint) != Some(&domain) {
         return status::INVAL;
-    }
-    if response == Response::Failure {
-        ctx.shared.write().pri_stopped.insert(endpoint, true);
     }
     if !ctx.shared.events.respond(endpoint, group, response) {
         ctx.shared.stats.stray_response();
         return status::NOENT;
     }
+    if response == Response::Failure {
+        t.pri_stopped.insert(endpoint, true);
+    }
+    drop(t);
     ctx.shared.stats.response(code);
     status::OK
 }
