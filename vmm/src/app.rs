@@ -66,7 +66,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         None
     };
     let disk_args = scratch.as_ref().map_or(&cli.disk, |s| &s.disks);
-    let disks = virtio::open_disks(disk_args, Duration::from_micros(cli.blk_poll_us))?;
+    let disks = virtio::open_disks(
+        disk_args,
+        Duration::from_micros(cli.blk_poll_us),
+        Duration::from_millis(cli.iommu_prq_timeout_ms),
+    )?;
     if !disks.is_empty() {
         eprintln!(
             "vmm: disks: {}{}",

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use devices::mmio::MmioBus;
 use devices::pio::PioBus;
 use devices::serial::{SerialConsole, COM1_IRQ};
-use devices::virtio::blk::Block;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::ReadVolatile;
@@ -157,7 +156,7 @@ pub struct VmConfig<K> {
     pub cmdline: String,
     /// The disks, attached in order as virtio-blk devices (see
     /// [`crate::virtio`]).
-    pub disks: Vec<Block>,
+    pub disks: crate::virtio::Disks,
     /// Where the serial console writes.
     pub console: Box<dyn Write + Send>,
 }
