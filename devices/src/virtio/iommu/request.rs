@@ -116,12 +116,19 @@ impl Body<'_> {
     }
 }
 
+/// Largest device-writable part the device fills (PROBE's properties and
+/// tail, with room to spare); a larger one is not answered (used length 0).
+pub const MAX_WRITABLE: usize = PROBE_SIZE as usize + TAIL_LEN + 4096;
+
 /// Runs one request: `readable` are its device-readable bytes (the first
 /// up to 128 are enough), `writable` the size of its device-writable part.
-/// Returns the bytes to write at the start of the writable part (empty:
-/// used length 0, when not even the tail fits).
+/// Returns the bytes to write into the whole writable part: PROBE's
+/// properties (zero-padded), and the tail in its last 4 bytes, where the
+/// driver reads it (Linux reads it at the end of the request buffer).
+/// Empty (used length 0) when not even the tail fits, or the writable part
+/// is larger than [`MAX_WRITABLE`].
 pub fn execute(ctx: &Context, readable: &[u8], writable: usize) -> Vec<u8> {
-    if writable < TAIL_LEN {
+    if !(TAIL_LEN..=MAX_WRITABLE).contains(&writable) {
         ctx.shared
             .stats
             .request(readable.first().copied().unwrap_or(0));
@@ -150,17 +157,13 @@ pub fn execute(ctx: &Context, readable: &[u8], writable: usize) -> Vec<u8> {
     if st != status::OK {
         ctx.shared.stats.failed();
     }
-    // PROBE's properties fill probe_size bytes; the tail follows them.
-    // When the driver's properties are shorter than probe_size (INVAL),
-    // the tail ends its buffer; a failed PROBE writes no property.
-    if kind == kind::PROBE {
-        if st != status::OK {
-            out.clear();
-        }
-        out.resize((PROBE_SIZE as usize).min(writable - TAIL_LEN), 0);
-    } else {
+    // PROBE's properties fill probe_size bytes (zeroes after the last
+    // one: a zero type ends the list); a failed request writes no
+    // property. The tail ends the writable part, for every request type.
+    if st != status::OK {
         out.clear();
     }
+    out.resize(writable - TAIL_LEN, 0);
     out.extend_from_slice(&[st, 0, 0, 0]);
     out
 }
