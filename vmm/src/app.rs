@@ -153,6 +153,9 @@ fn print_report(r: &RunReport) {
             r.notify_exits
         );
     }
+    if r.agent.exits > 0 {
+        eprintln!("vmm: {}", r.agent);
+    }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     match r.first_output {
         Some(first) => eprintln!(

@@ -13,9 +13,12 @@
 //! - [`paging`]: a vCPU's `kvm_sregs` as a guest-mm paging context.
 //! - [`virtio`]: the virtio-blk disks on the MMIO bus (placement, command
 //!   line, irqfd/ioeventfd, reports); [`scratch`]: the default run's disks.
+//! - [`agent`]: the guest-agent port (copies to guest-virtual buffers,
+//!   #PF injection and restart; docs/guest-agent.md).
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod app;
 pub mod boot;
 pub mod cli;

@@ -73,6 +73,8 @@ pub struct Vcpu {
     mem: GuestMemoryMmap,
     /// MAXPHYADDR and page sizes of the guest's CPUID (for the walker).
     paging: (u8, CpuFeatures),
+    /// The guest-agent port's handler ([`crate::agent`]), when attached.
+    agent: Option<crate::agent::VcpuAgent>,
 }
 
 impl Vcpu {
@@ -86,7 +88,13 @@ impl Vcpu {
             fd,
             mem: mem.clone(),
             paging: (36, CpuFeatures::default()),
+            agent: None,
         })
+    }
+
+    /// Serves the guest-agent port ([`crate::agent::PORT`]) with `agent`.
+    pub fn attach_agent(&mut self, agent: Arc<crate::agent::Agent>) {
+        self.agent = Some(crate::agent::VcpuAgent::new(agent));
     }
 
     /// CPUID, MSRs, FPU and LAPIC (every vCPU).
@@ -195,7 +203,12 @@ impl Vcpu {
                     return;
                 }
             };
+            let mut agent_request = false;
             match exit {
+                VcpuExit::IoOut(crate::agent::PORT, _) if self.agent.is_some() => {
+                    // Served below, once `exit` no longer borrows the fd.
+                    agent_request = true;
+                }
                 VcpuExit::IoOut(port, data) => {
                     let action = shared.lock_bus().write(port, data);
                     match action {
@@ -279,6 +292,15 @@ impl Vcpu {
                         "vCPU {}: unexpected KVM exit {what}\n{}",
                         self.id,
                         self.dump_registers()
+                    )));
+                    return;
+                }
+            }
+            if let (true, Some(agent)) = (agent_request, self.agent.as_mut()) {
+                if let Err(e) = agent.handle_exit(&mut self.fd, self.paging) {
+                    shared.request_exit(ExitReason::VcpuError(format!(
+                        "vCPU {}: guest agent: {e}",
+                        self.id
                     )));
                     return;
                 }

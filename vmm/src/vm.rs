@@ -183,6 +183,8 @@ pub struct RunReport {
     pub ioeventfd: bool,
     /// Queue notifies that took an MMIO exit.
     pub notify_exits: u64,
+    /// The guest agent's counters ([`crate::agent`]).
+    pub agent: crate::agent::AgentCounters,
 }
 
 /// Owns the VM fd before the memory: the fd closes first (see
@@ -275,10 +277,12 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let agent = Arc::new(crate::agent::Agent::new(Arc::clone(&gup)));
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
         let mut v = Vcpu::new(&vm_fd, id, &mem)?;
         v.configure(&crate::cpuid::for_vcpu(&supported, id, config.vcpus))?;
+        v.attach_agent(Arc::clone(&agent));
         if id == 0 {
             v.set_entry_state(&entry)?;
         }
@@ -335,6 +339,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         gup,
         ioeventfd,
         notify_exits: shared.notify_exits.load(Ordering::Relaxed),
+        agent: agent.counters(),
     })
 }
 

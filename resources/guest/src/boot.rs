@@ -26,14 +26,16 @@
 //! | [`ALIAS_4K`] + 0x2000 | [`test_page`], read-only | 4K |
 //! | [`ALIAS_4K`] + 0x3000.. | not present | |
 //! | [`ALIAS_2M`] | physical [`ALIAS_2M_TARGET`] | 2M |
+//! | [`LAZY_BASE`] `..+2M` | physical [`LAZY_PHYS`], mapped page by page on demand (see below) | 4K |
 //! | [`HIGH_ALIAS`] `..+1G` | physical `0..1G`: one 1G leaf when CPUID reports 1-GByte pages, else the identity PD (4K/2M) | 1G or 4K/2M |
 //! | [`MMIO_WINDOW`] `..4G` | identity, uncached (PCD, PWT): MMIO devices | 2M |
 //! | everything else | not present | |
 //!
 //! Segments: [`KERNEL_CS`], kernel data 0x10, [`USER_DS`], [`USER_CS`], and a
 //! 64-bit TSS at 0x28 whose RSP0 is the kernel stack and whose I/O permission
-//! bitmap allows ports 0x64 (i8042), 0xf4..0xf7 (exit port) and 0x3f8..0x3ff
-//! (COM1) and nothing else. CPL3 runs with RFLAGS.IOPL = 3 as well: on real
+//! bitmap allows ports 0x64 (i8042), 0xf4..0xf7 (exit port), 0xf8 (the
+//! VMM's guest agent, see [`crate::agent`]) and 0x3f8..0x3ff (COM1) and
+//! nothing else. CPL3 runs with RFLAGS.IOPL = 3 as well: on real
 //! hardware IOPL alone allows the port I/O, some software KVMs check only the
 //! bitmap.
 //!
@@ -42,7 +44,13 @@
 //! CS, so that CPL3 learns them by causing an exception) and resume at its
 //! `fixup` address when one is set, or else at
 //! [`guest_unexpected_trap`](crate::guest_unexpected_trap) on a fresh CPL3
-//! stack. Vector [`GATE_INFO_VECTOR`] (DPL3) returns CR0, CR4, the handler's
+//! stack. A #PF in the lazy region ([`LAZY_BASE`], 2 MiB, every 4K PTE of
+//! [`lazy_pt`] not present at first) is demand paging instead: when
+//! [`lazy_policy`] has nonzero PTE flags for the page, the handler writes
+//! the PTE (physical [`LAZY_PHYS`] + the page's offset, those flags),
+//! INVLPGs it, counts it in [`lazy_faults`] and returns to the faulting
+//! instruction, which restarts (about 25 emulated instructions); a page
+//! whose policy is 0 takes the ordinary path (fixup or report). Vector [`GATE_INFO_VECTOR`] (DPL3) returns CR0, CR4, the handler's
 //! CS and the caller's CS, RFLAGS and SS as the CPU pushed them (kvm_pvm
 //! raises #UD for `int N` at CPL3 instead, so nothing depends on it).
 //!
@@ -80,6 +88,13 @@ pub const MMIO_WINDOW_SIZE: u64 = 0x4000_0000;
 pub const GATE_INFO_VECTOR: u8 = 0x40;
 /// Bytes of the CPL0 (kernel) stack.
 pub const KERNEL_STACK_SIZE: u64 = 0x4000;
+/// Virtual address of the lazy region (demand paging, see the module doc).
+pub const LAZY_BASE: u64 = 0x4400_0000;
+/// Bytes of the lazy region (one page table).
+pub const LAZY_SIZE: u64 = 0x20_0000;
+/// Physical address the lazy region's pages map (12..14 MiB: not the
+/// image, the 2M alias target or the DMA arena).
+pub const LAZY_PHYS: u64 = 0xc0_0000;
 
 /// What the exception entry records, read and written at CPL3 too.
 #[repr(C)]
@@ -127,6 +142,17 @@ extern "C" {
     pub static mut boot_idt: [u64; 512];
     /// Lowest address of the CPL0 stack.
     pub static kernel_stack: [u8; KERNEL_STACK_SIZE as usize];
+    /// The lazy region's page table (all entries not present at boot).
+    pub static mut lazy_pt: [u64; 512];
+    /// Per lazy page: the PTE flags the #PF handler maps it with (0: it
+    /// refuses the page). Written at CPL3.
+    pub static mut lazy_policy: [u8; 512];
+    /// #PFs the handler resolved by mapping a lazy page.
+    pub static mut lazy_faults: u64;
+    /// CR2 and error code of the last one.
+    pub static mut lazy_last_cr2: u64;
+    /// See [`lazy_last_cr2`].
+    pub static mut lazy_last_error: u64;
 }
 
 // The image: note, 32-bit entry, 64-bit setup, exception entry, data.
@@ -270,6 +296,9 @@ trap_stubs:
     /* Stack: RAX, vector, error, RIP, CS, RFLAGS, RSP, SS. */
 trap_common:
     pushq %rax
+    cmpq $14, 8(%rsp)
+    je lazy_fault
+trap_record_it:
     movq %rsp, trap_record + 56
     movq 8(%rsp), %rax
     movq %rax, trap_record
@@ -311,6 +340,39 @@ trap_common:
     popq %rax
     addq $16, %rsp
     iretq
+
+    /* #PF: demand paging in the lazy region. Stack: RAX, vector, error,
+       RIP... With RBX pushed too: error at 24(%rsp). */
+lazy_fault:
+    movq %cr2, %rax
+    subq ${lazy_base}, %rax
+    cmpq ${lazy_size}, %rax
+    jae trap_record_it
+    shrq $12, %rax
+    pushq %rbx
+    movzbl lazy_policy(%rax), %ebx
+    testl %ebx, %ebx
+    jz 5f
+    orq ${lazy_phys}, %rbx
+    pushq %rax
+    shlq $12, %rax
+    orq %rax, %rbx
+    popq %rax
+    movq %rbx, lazy_pt(, %rax, 8)
+    movq %cr2, %rax
+    invlpg (%rax)
+    movq %rax, lazy_last_cr2
+    movq 24(%rsp), %rbx
+    movq %rbx, lazy_last_error
+    incq lazy_faults
+    popq %rbx
+    popq %rax
+    addq $16, %rsp
+    iretq
+5:
+    /* Refused: the ordinary path (fixup, or report). */
+    popq %rbx
+    jmp trap_record_it
 
     /* GATE_INFO_VECTOR: RAX = CR0, RDX = CR4, RSI = CS of the handler, and
        the caller's CS, RFLAGS and SS (from the frame) in RDI, R8 and R9. */
@@ -360,7 +422,8 @@ boot_tss:
     .byte 0xef               /* ports 0x60..0x67: 0x64 allowed */
     .fill 17, 1, 0xff
     .byte 0x0f               /* ports 0xf0..0xf7: 0xf4..0xf7 allowed */
-    .fill 96, 1, 0xff
+    .byte 0xfe               /* ports 0xf8..0xff: 0xf8 (guest agent) allowed */
+    .fill 95, 1, 0xff
     .byte 0x00               /* ports 0x3f8..0x3ff allowed */
     .byte 0xff
 
@@ -403,7 +466,9 @@ pd_mmio:
 pd_alias:
     .quad pt_alias + 0x7
     .quad {alias_2m_target} + 0x87 /* ALIAS_2M -> ALIAS_2M_TARGET */
-    .fill 510, 8, 0
+    .fill 30, 8, 0
+    .quad lazy_pt + 0x7      /* LAZY_BASE: demand paging */
+    .fill 479, 8, 0
 pt_alias:
     .quad test_page + 0x7    /* ALIAS_4K: user, writable */
     .quad test_page + 0x3    /* + 0x1000: supervisor only */
@@ -417,6 +482,9 @@ test_page:
     .skip 4096
     .globl boot_idt
 boot_idt:
+    .skip 4096
+    .globl lazy_pt
+lazy_pt:
     .skip 4096
     .globl kernel_stack
 kernel_stack:
@@ -435,6 +503,19 @@ start_info_paddr:
     .globl boot_cpuid_ext_edx
 boot_cpuid_ext_edx:
     .skip 4
+    .balign 8
+    .globl lazy_faults
+lazy_faults:
+    .skip 8
+    .globl lazy_last_cr2
+lazy_last_cr2:
+    .skip 8
+    .globl lazy_last_error
+lazy_last_error:
+    .skip 8
+    .globl lazy_policy
+lazy_policy:
+    .skip 512
 
     .text
 "#,
@@ -445,5 +526,8 @@ boot_cpuid_ext_edx:
     alias_2m_target = const ALIAS_2M_TARGET,
     mmio_window = const MMIO_WINDOW,
     kernel_stack_size = const KERNEL_STACK_SIZE,
+    lazy_base = const LAZY_BASE,
+    lazy_size = const LAZY_SIZE,
+    lazy_phys = const LAZY_PHYS,
     options(att_syntax)
 );

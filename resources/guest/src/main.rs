@@ -4,7 +4,8 @@
 //! The built-in guest (DESIGN section 7): a freestanding PVH kernel. The
 //! CPL0 part ([`boot`]) enters long mode and drops to CPL3, where this file
 //! runs a few checks of the machine it was given, then the virtio-blk DMA
-//! scenarios ([`dma`]) on the disks the command line announces, prints one
+//! scenarios ([`dma`]) on the disks the command line announces and the
+//! guest-agent scenarios ([`agent`]: #PF injection by the VMM), prints one
 //! line per check on COM1 and exits through the exit port with a [`status`]
 //! value. With `guest.bench=blk` on the command line it runs the block
 //! benchmark ([`bench`]) instead.
@@ -25,6 +26,7 @@
 #![no_std]
 #![no_main]
 
+mod agent;
 mod bench;
 mod blk;
 mod boot;
@@ -297,6 +299,7 @@ extern "C" fn guest_main() -> ! {
     check_mappings(&mut report, has_1g);
     check_exceptions(&mut report);
     dma::run(&mut report, cmd);
+    agent::run(&mut report);
 
     let status = if report.failed == 0 {
         status::PASS
