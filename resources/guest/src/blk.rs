@@ -204,6 +204,21 @@ impl Blk {
         scratch: u64,
         mask: u64,
     ) -> Result<Blk, InitError> {
+        Blk::init_with(dev, p, ring, scratch, mask, 0)
+    }
+
+    /// [`init`](Self::init), also accepting the feature bits `extra` when
+    /// offered (e.g. `VIRTIO_F_ACCESS_PLATFORM` for a disk behind the
+    /// IOMMU: `ring` and `scratch` are then I/O virtual addresses too, and
+    /// the domain must map them before this is called).
+    pub fn init_with(
+        dev: MmioDevice,
+        p: &Probe,
+        ring: u64,
+        scratch: u64,
+        mask: u64,
+        extra: u64,
+    ) -> Result<Blk, InitError> {
         let mmio = p.mmio;
         // Reset, and wait until the device says it is done (2.4.1).
         mmio.write(reg::STATUS, 0);
@@ -221,7 +236,7 @@ impl Blk {
             mmio.write(reg::STATUS, status::FAILED);
             return Err(InitError::NoVersion1(offered));
         }
-        let features = offered & WANTED & !mask | vfeature::VERSION_1;
+        let features = offered & (WANTED | extra) & !mask | vfeature::VERSION_1;
         mmio.set_driver_features(features);
         let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
         mmio.write(reg::STATUS, s);

@@ -71,6 +71,13 @@ impl Arena {
         })
     }
 
+    /// A bump allocator over `start..end` (page-aligned), if the memory
+    /// map has RAM there.
+    pub fn range(start: u64, end: u64) -> Option<Arena> {
+        (start % 4096 == 0 && start < end && pvh::ram_covers(start, end))
+            .then_some(Arena { next: start, end })
+    }
+
     /// `size` bytes aligned to `align` (a power of two).
     pub fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
         let a = self.next.checked_add(align - 1)? & !(align - 1);
@@ -462,6 +469,18 @@ pub fn discover(
                 format_args!(
                     "virtio-mmio at {:#x} irq {}: device id {} (not a block device), ignored",
                     dev.base, dev.irq, p.device_id
+                ),
+            );
+            continue;
+        }
+        // A disk behind the IOMMU can only do DMA through it: the sva
+        // scenarios drive it.
+        if p.mmio.device_features() & vfeature::ACCESS_PLATFORM != 0 {
+            out(
+                None,
+                format_args!(
+                    "virtio-mmio at {:#x} irq {}: block device behind the IOMMU (offers ACCESS_PLATFORM), left to the sva scenarios",
+                    dev.base, dev.irq
                 ),
             );
             continue;

@@ -31,9 +31,11 @@ mod bench;
 mod blk;
 mod boot;
 mod dma;
+mod iommu;
 mod mem;
 mod pvh;
 mod serial;
+mod sva;
 mod virtio;
 
 use core::arch::asm;
@@ -299,6 +301,7 @@ extern "C" fn guest_main() -> ! {
     check_mappings(&mut report, has_1g);
     check_exceptions(&mut report);
     dma::run(&mut report, cmd);
+    sva::run(&mut report, cmd);
     agent::run(&mut report);
 
     let status = if report.failed == 0 {

@@ -87,6 +87,9 @@ pub mod feature {
     pub const EVENT_IDX: u64 = 1 << 29;
     /// The modern (virtio 1.x) interface.
     pub const VERSION_1: u64 = 1 << 32;
+    /// The device's DMA goes through a platform IOMMU: every address the
+    /// driver gives it (rings included) is an I/O virtual address.
+    pub const ACCESS_PLATFORM: u64 = 1 << 33;
 }
 
 /// `virt` in little endian.
