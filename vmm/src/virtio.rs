@@ -358,12 +358,21 @@ pub fn attach(
 }
 
 /// `gup: requests=.. fast_hits=.. fast_pages=.. slow_calls=.. slow_pages=..
-/// fallbacks: <reason>=..` (the reasons the fast path gave up, those that
-/// happened; `none` if it never did).
+/// touched=.. faults: handled=.. injected=.. failed=.. fallbacks:
+/// <reason>=..` (the reasons the fast path gave up, those that happened;
+/// `none` if it never did).
 pub fn gup_summary(c: &GupCounters) -> String {
     let mut s = format!(
-        "gup: requests={} fast_hits={} fast_pages={} slow_calls={} slow_pages={} fallbacks:",
-        c.requests, c.fast_hits, c.fast_pages, c.slow_calls, c.slow_pages
+        "gup: requests={} fast_hits={} fast_pages={} slow_calls={} slow_pages={} touched={} faults: handled={} injected={} failed={} fallbacks:",
+        c.requests,
+        c.fast_hits,
+        c.fast_pages,
+        c.slow_calls,
+        c.slow_pages,
+        c.touched,
+        c.faults_handled,
+        c.faults_injected,
+        c.faults_failed
     );
     let mut any = false;
     for r in Fallback::ALL {
@@ -476,7 +485,7 @@ mod tests {
         };
         assert_eq!(
             gup_summary(&c),
-            "gup: requests=5 fast_hits=4 fast_pages=9 slow_calls=1 slow_pages=2 fallbacks: none"
+            "gup: requests=5 fast_hits=4 fast_pages=9 slow_calls=1 slow_pages=2 touched=0 faults: handled=0 injected=0 failed=0 fallbacks: none"
         );
         c.fallbacks[Fallback::NotRam as usize] = 1;
         c.fallbacks[Fallback::NotPresent as usize] = 3;
