@@ -35,27 +35,36 @@
 //!
 //! # Where RIP is, and who skips the `out`
 //!
-//! Measured on the development machine (kvm_pvm) and true of upstream KVM
-//! since Linux 5.x (`kvm_fast_pio` / `complete_fast_pio_out`): at the
-//! userspace exit RIP still points *at* the `out`; KVM skips the
-//! instruction on the next `KVM_RUN`, and only if the linear RIP is still
-//! the one it saved. So:
+//! Two behaviours exist, and both are handled:
 //!
-//! - reply: KVM_SET_REGS with RIP untouched; the next `KVM_RUN` completes
-//!   the `out` by skipping it.
+//! - Upstream KVM since Linux 5.x (`kvm_fast_pio` / `complete_fast_pio_out`):
+//!   at the userspace exit RIP still points *at* the `out`; KVM skips it on
+//!   the next `KVM_RUN`, and only if the linear RIP is still the one it
+//!   saved.
+//! - kvm_pvm, the development machine's KVM (measured: RIP at the exit was
+//!   0x10ded4 for an `out` at 0x10ded2), and KVM before the fast-PIO
+//!   rework: RIP is already *past* the `out` at the exit, and nothing is
+//!   skipped later.
+//!
+//! So:
+//!
+//! - reply: KVM_SET_REGS with RIP untouched; upstream KVM's completion then
+//!   skips the `out`, kvm_pvm already has.
 //! - restart: first complete the pending `out` *without running the guest*
-//!   (`KVM_RUN` with `immediate_exit` set returns EINTR after finishing the
-//!   pending I/O, as the KVM API documents for exactly this purpose), which
-//!   moves RIP past it; then put RIP back on the `out` (KVM_SET_REGS), CR2
-//!   (KVM_SET_SREGS) and the #PF as an injected exception
-//!   (KVM_SET_VCPU_EVENTS). The exception's frame then holds the `out`'s
+//!   (`KVM_RUN` with `immediate_exit` set finishes the pending I/O and
+//!   returns EINTR, as the KVM API documents for exactly this purpose).
+//!   If RIP moved, RIP at the exit was the `out` (upstream); if it did not,
+//!   RIP is past the `out`, which is found 2 bytes back when those bytes
+//!   are [`OUT_INSN`] (`out %al, $0xf8`, the encoding the ABI asks for).
+//!   Then RIP goes back on the `out` (KVM_SET_REGS), CR2 is set
+//!   (KVM_SET_SREGS) and the #PF is queued as an injected exception with its
+//!   error code (KVM_SET_VCPU_EVENTS). The exception frame holds the `out`'s
 //!   address, and the guest's IRET re-executes it. Without the completion
-//!   step, KVM would skip the `out` at the next entry after the exception
-//!   was queued, and the guest would return past the request. If the
-//!   completion leaves RIP where it was (an old KVM that moved RIP before
-//!   exiting), a restart is impossible and the request fails with
+//!   step, upstream KVM would skip the `out` at the next entry after the
+//!   exception was queued, and the guest would return past its request. If
+//!   the `out` cannot be found, the request fails with
 //!   [`status::NO_RESTART`] instead.
-//!
+
 //! # Bounded restarts
 //!
 //! A guest that cannot resolve a fault would restart forever: the same
