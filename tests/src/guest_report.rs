@@ -157,6 +157,127 @@ pub fn blk_summary(serial: &str) -> Option<(u64, u64, u64)> {
     Some((requests, bytes, failures))
 }
 
+/// The guest-virtual DMA check lines (prefixes after `guest: [ok] sva: `)
+/// a run with a disk behind our virtio-iommu must show, in this order
+/// (resources/guest/src/sva.rs; docs/guest-va-dma.md): first a MAP
+/// domain, then the guest's own page tables attached to the disk's domain.
+pub const SVA_OK: &[&str] = &[
+    "virtio-iommu at ",
+    "PROBE endpoint ",
+    "request errors: ",
+    "MAP domain 1: endpoint ",
+    "MAP domain: 48 KiB written from 3 segments",
+    "MAP domain faults: ",
+    "MAP errors: ",
+    "UNMAP: ",
+    "DETACH with the disk live: ",
+    "ATTACH_TABLE errors: ",
+    "ATTACH_TABLE domain 2: ",
+    "SVA present 4K pages: ",
+    "SVA lazy pages, device writes: a 16 KiB read into 5 unmapped pages",
+    "SVA lazy pages, device reads: a 12 KiB write from 4 unmapped pages",
+    "SVA refused: ",
+    "SVA write DMA into a read-only mapping",
+    "SVA read-only mapping made writable on its page request",
+    "SVA buffer straddling a 4K leaf boundary",
+    "SVA buffer straddling a 4K leaf -> 2M leaf boundary",
+    "SVA buffer straddling a 2M leaf -> 4K leaf boundary",
+    "SVA buffer straddling a 4K leaf -> 1G leaf boundary",
+    "SVA large leaves: ",
+    "SVA FAILURE: ",
+    "SVA teardown: ",
+];
+
+/// The guest's guest-virtual DMA summary line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvaSummary {
+    /// virtio-blk requests on the disk behind the IOMMU.
+    pub requests: u64,
+    /// Requests on the IOMMU's request queue.
+    pub iommu_requests: u64,
+    /// Bytes read back and checked.
+    pub bytes: u64,
+    /// Page requests received.
+    pub page_requests: u64,
+    /// PAGE_RESP SUCCESS the device accepted.
+    pub success: u64,
+    /// PAGE_RESP INVALID the device accepted.
+    pub invalid: u64,
+    /// PAGE_RESP FAILURE the device accepted.
+    pub failure: u64,
+    /// Fault reports received.
+    pub fault_reports: u64,
+    /// Failed sva checks.
+    pub failures: u64,
+}
+
+/// Parses `guest: sva: <N> requests, <Q> iommu requests, <B> bytes
+/// verified, <P> page requests (<S> success, <I> invalid, <X> failure),
+/// <F> fault reports, <E> failures`; `None` without such a line (no
+/// IOMMU) or when it does not parse.
+pub fn sva_summary(serial: &str) -> Option<SvaSummary> {
+    let line = serial
+        .lines()
+        .find_map(|l| l.strip_prefix("guest: sva: "))?;
+    let mut words = line
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c| c == ',' || c == '(' || c == ')'));
+    let mut number = |unit: &[&str]| -> Option<u64> {
+        let n = words.next()?.parse().ok()?;
+        for u in unit {
+            if words.next()? != *u {
+                return None;
+            }
+        }
+        Some(n)
+    };
+    let s = SvaSummary {
+        requests: number(&["requests"])?,
+        iommu_requests: number(&["iommu", "requests"])?,
+        bytes: number(&["bytes", "verified"])?,
+        page_requests: number(&["page", "requests"])?,
+        success: number(&["success"])?,
+        invalid: number(&["invalid"])?,
+        failure: number(&["failure"])?,
+        fault_reports: number(&["fault", "reports"])?,
+        failures: number(&["failures"])?,
+    };
+    words.next().is_none().then_some(s)
+}
+
+/// Checks the sva part of a report: every [`SVA_OK`] line as `[ok]`, in
+/// order, and no other sva check line; no failed sva check; the summary
+/// with bytes verified, page requests all answered, and no failure.
+pub fn check_sva_report(serial: &str) -> Result<SvaSummary, String> {
+    let checks: Vec<&str> = serial.lines().filter(|l| l.contains("] sva: ")).collect();
+    if let Some(bad) = checks.iter().find(|l| !l.starts_with("guest: [ok] sva: ")) {
+        return Err(format!("sva check not ok: `{bad}`"));
+    }
+    if checks.len() != SVA_OK.len() {
+        return Err(format!(
+            "{} sva check lines, expected {}: {checks:#?}",
+            checks.len(),
+            SVA_OK.len()
+        ));
+    }
+    for (line, want) in checks.iter().zip(SVA_OK) {
+        if !line.starts_with(&format!("guest: [ok] sva: {want}")) {
+            return Err(format!(
+                "`{line}` where `guest: [ok] sva: {want}...` belongs"
+            ));
+        }
+    }
+    let s = sva_summary(serial).ok_or("no (or a garbled) `guest: sva: ` summary line")?;
+    if s.failures != 0
+        || s.bytes == 0
+        || s.page_requests == 0
+        || s.page_requests != s.success + s.invalid + s.failure
+    {
+        return Err(format!("sva summary: {s:?}"));
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +328,49 @@ mod tests {
             blk_summary("guest: blk: many requests, 2 bytes verified, 3 failures"),
             None
         );
+    }
+    #[test]
+    fn sva_summary_parses_the_line_and_only_it() {
+        let line = "guest: sva: 39 requests, 74 iommu requests, 397312 bytes verified, 15 page requests (11 success, 3 invalid, 1 failure), 11 fault reports, 0 failures\n";
+        assert_eq!(
+            sva_summary(line),
+            Some(SvaSummary {
+                requests: 39,
+                iommu_requests: 74,
+                bytes: 397312,
+                page_requests: 15,
+                success: 11,
+                invalid: 3,
+                failure: 1,
+                fault_reports: 11,
+                failures: 0,
+            })
+        );
+        assert_eq!(sva_summary(&good()), None);
+        assert_eq!(sva_summary(&line.replace("74 iommu", "74")), None);
+        assert_eq!(
+            sva_summary(&line.replace("0 failures", "0 failures, more")),
+            None
+        );
+        assert_eq!(sva_summary(&line.replace("11 success", "x success")), None);
+    }
+
+    #[test]
+    fn sva_report_needs_every_line_in_order() {
+        let mut s = String::new();
+        for l in SVA_OK {
+            s += &format!("guest: [ok] sva: {l}...\n");
+        }
+        s += "guest: sva: 9 requests, 9 iommu requests, 4096 bytes verified, 3 page requests (1 success, 1 invalid, 1 failure), 2 fault reports, 0 failures\n";
+        assert!(check_sva_report(&s).is_ok());
+        assert!(check_sva_report(&s.replace("[ok] sva: UNMAP", "[FAIL] sva: UNMAP")).is_err());
+        assert!(check_sva_report(&s.replacen("guest: [ok] sva: UNMAP: ...\n", "", 1)).is_err());
+        let swapped = s
+            .replace("SVA FAILURE", "@")
+            .replace("SVA teardown", "SVA FAILURE")
+            .replace('@', "SVA teardown");
+        assert!(check_sva_report(&swapped).is_err());
+        assert!(check_sva_report(&s.replace("(1 success", "(2 success")).is_err());
+        assert!(check_sva_report(&s.replace("0 failures", "1 failures")).is_err());
     }
 }
