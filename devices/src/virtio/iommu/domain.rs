@@ -346,12 +346,23 @@ impl Endpoint {
                     flags |= GupFlags::USER;
                 }
                 let space = AddressSpace::page_tables(table.ctx);
-                let p = gup
-                    .pin(&space, iova, 1, flags)
-                    .map_err(|e| self.walk_error(e, write, &table, requestable))?;
+                // The first byte of iova's 4K page: every byte of a page
+                // translates alike, and a one-byte GUP range at the last
+                // byte of the address space would end at 2^64, which a
+                // u64 cannot hold (Overflow).
+                let page = iova & !0xfff;
+                let p = gup.pin(&space, page, 1, flags).map_err(|e| {
+                    match self.walk_error(e, write, &table, requestable) {
+                        DmaError::Fault(f) => DmaError::Fault(DmaFault {
+                            address: iova,
+                            ..f
+                        }),
+                        e => e,
+                    }
+                })?;
                 p.iter_extents()
                     .next()
-                    .map(|e| e.gpa)
+                    .map(|e| e.gpa + (iova - page))
                     .ok_or(DmaError::Pin(GupError::Again))
             }
             Route::Map(phys, _) => Ok(phys),
@@ -390,7 +401,7 @@ impl Endpoint {
                     return Err(fault(FaultReason::Mapping, false, false));
                 };
                 let need = if write { MAP_WRITE } else { MAP_READ };
-                if m.flags & need == 0 {
+                if m.flags & need == 0 && !write {
                     return Err(fault(FaultReason::Mapping, false, false));
                 }
                 let off = at - virt;
