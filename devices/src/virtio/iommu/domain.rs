@@ -401,7 +401,7 @@ impl Endpoint {
                     return Err(fault(FaultReason::Mapping, false, false));
                 };
                 let need = if write { MAP_WRITE } else { MAP_READ };
-                if m.flags & need == 0 && !write {
+                if m.flags & need == 0 {
                     return Err(fault(FaultReason::Mapping, false, false));
                 }
                 let off = at - virt;
