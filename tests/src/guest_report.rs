@@ -185,8 +185,13 @@ pub const SVA_OK: &[&str] = &[
     "SVA buffer straddling a 4K leaf -> 1G leaf boundary",
     "SVA large leaves: ",
     "SVA FAILURE: ",
+    "SVA reset while a request waits for its page response",
     "SVA teardown: ",
 ];
+
+/// The optional sva check lines: `guest.sva.timeout` on the command line
+/// adds this one (before the last two of [`SVA_OK`]).
+pub const SVA_TIMEOUT_OK: &str = "SVA timeout: a page request left unanswered";
 
 /// The guest's guest-virtual DMA summary line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,6 +210,8 @@ pub struct SvaSummary {
     pub invalid: u64,
     /// PAGE_RESP FAILURE the device accepted.
     pub failure: u64,
+    /// Page requests left unanswered on purpose.
+    pub unanswered: u64,
     /// Fault reports received.
     pub fault_reports: u64,
     /// Failed sva checks.
@@ -212,8 +219,8 @@ pub struct SvaSummary {
 }
 
 /// Parses `guest: sva: <N> requests, <Q> iommu requests, <B> bytes
-/// verified, <P> page requests (<S> success, <I> invalid, <X> failure),
-/// <F> fault reports, <E> failures`; `None` without such a line (no
+/// verified, <P> page requests (<S> success, <I> invalid, <X> failure,
+/// <U> unanswered), <F> fault reports, <E> failures`; `None` without such a line (no
 /// IOMMU) or when it does not parse.
 pub fn sva_summary(serial: &str) -> Option<SvaSummary> {
     let line = serial
@@ -239,6 +246,7 @@ pub fn sva_summary(serial: &str) -> Option<SvaSummary> {
         success: number(&["success"])?,
         invalid: number(&["invalid"])?,
         failure: number(&["failure"])?,
+        unanswered: number(&["unanswered"])?,
         fault_reports: number(&["fault", "reports"])?,
         failures: number(&["failures"])?,
     };
@@ -246,21 +254,29 @@ pub fn sva_summary(serial: &str) -> Option<SvaSummary> {
 }
 
 /// Checks the sva part of a report: every [`SVA_OK`] line as `[ok]`, in
-/// order, and no other sva check line; no failed sva check; the summary
-/// with bytes verified, page requests all answered, and no failure.
-pub fn check_sva_report(serial: &str) -> Result<SvaSummary, String> {
+/// order, with the lines of `also` before the last two, and no other sva
+/// check line; no failed sva check; the summary with bytes verified, every
+/// page request answered or left unanswered on purpose, and no failure.
+pub fn check_sva_report(serial: &str, also: &[&str]) -> Result<SvaSummary, String> {
+    let split = SVA_OK.len().saturating_sub(2);
+    let expected: Vec<&str> = SVA_OK[..split]
+        .iter()
+        .chain(also)
+        .chain(&SVA_OK[split..])
+        .copied()
+        .collect();
     let checks: Vec<&str> = serial.lines().filter(|l| l.contains("] sva: ")).collect();
     if let Some(bad) = checks.iter().find(|l| !l.starts_with("guest: [ok] sva: ")) {
         return Err(format!("sva check not ok: `{bad}`"));
     }
-    if checks.len() != SVA_OK.len() {
+    if checks.len() != expected.len() {
         return Err(format!(
             "{} sva check lines, expected {}: {checks:#?}",
             checks.len(),
-            SVA_OK.len()
+            expected.len()
         ));
     }
-    for (line, want) in checks.iter().zip(SVA_OK) {
+    for (line, want) in checks.iter().zip(&expected) {
         if !line.starts_with(&format!("guest: [ok] sva: {want}")) {
             return Err(format!(
                 "`{line}` where `guest: [ok] sva: {want}...` belongs"
@@ -271,7 +287,7 @@ pub fn check_sva_report(serial: &str) -> Result<SvaSummary, String> {
     if s.failures != 0
         || s.bytes == 0
         || s.page_requests == 0
-        || s.page_requests != s.success + s.invalid + s.failure
+        || s.page_requests != s.success + s.invalid + s.failure + s.unanswered
     {
         return Err(format!("sva summary: {s:?}"));
     }
@@ -329,19 +345,21 @@ mod tests {
             None
         );
     }
+
     #[test]
     fn sva_summary_parses_the_line_and_only_it() {
-        let line = "guest: sva: 39 requests, 74 iommu requests, 397312 bytes verified, 15 page requests (11 success, 3 invalid, 1 failure), 11 fault reports, 0 failures\n";
+        let line = "guest: sva: 39 requests, 74 iommu requests, 397312 bytes verified, 16 page requests (11 success, 3 invalid, 1 failure, 1 unanswered), 11 fault reports, 0 failures\n";
         assert_eq!(
             sva_summary(line),
             Some(SvaSummary {
                 requests: 39,
                 iommu_requests: 74,
                 bytes: 397312,
-                page_requests: 15,
+                page_requests: 16,
                 success: 11,
                 invalid: 3,
                 failure: 1,
+                unanswered: 1,
                 fault_reports: 11,
                 failures: 0,
             })
@@ -355,22 +373,33 @@ mod tests {
         assert_eq!(sva_summary(&line.replace("11 success", "x success")), None);
     }
 
+    fn check_sva_report_(s: &str) -> Result<SvaSummary, String> {
+        check_sva_report(s, &[])
+    }
+
     #[test]
     fn sva_report_needs_every_line_in_order() {
         let mut s = String::new();
         for l in SVA_OK {
             s += &format!("guest: [ok] sva: {l}...\n");
         }
-        s += "guest: sva: 9 requests, 9 iommu requests, 4096 bytes verified, 3 page requests (1 success, 1 invalid, 1 failure), 2 fault reports, 0 failures\n";
-        assert!(check_sva_report(&s).is_ok());
-        assert!(check_sva_report(&s.replace("[ok] sva: UNMAP", "[FAIL] sva: UNMAP")).is_err());
-        assert!(check_sva_report(&s.replacen("guest: [ok] sva: UNMAP: ...\n", "", 1)).is_err());
+        s += "guest: sva: 9 requests, 9 iommu requests, 4096 bytes verified, 3 page requests (1 success, 1 invalid, 1 failure, 0 unanswered), 2 fault reports, 0 failures\n";
+        assert!(check_sva_report(&s, &[]).is_ok());
+        assert!(check_sva_report(&s, &[SVA_TIMEOUT_OK]).is_err());
+        let with_timeout = s.replace(
+            "guest: [ok] sva: SVA reset",
+            &format!("guest: [ok] sva: {SVA_TIMEOUT_OK}...\nguest: [ok] sva: SVA reset"),
+        );
+        assert!(check_sva_report(&with_timeout, &[SVA_TIMEOUT_OK]).is_ok());
+        assert!(check_sva_report(&with_timeout, &[]).is_err());
+        assert!(check_sva_report_(&s.replace("[ok] sva: UNMAP", "[FAIL] sva: UNMAP")).is_err());
+        assert!(check_sva_report_(&s.replacen("guest: [ok] sva: UNMAP: ...\n", "", 1)).is_err());
         let swapped = s
             .replace("SVA FAILURE", "@")
             .replace("SVA teardown", "SVA FAILURE")
             .replace('@', "SVA teardown");
-        assert!(check_sva_report(&swapped).is_err());
-        assert!(check_sva_report(&s.replace("(1 success", "(2 success")).is_err());
-        assert!(check_sva_report(&s.replace("0 failures", "1 failures")).is_err());
+        assert!(check_sva_report_(&swapped).is_err());
+        assert!(check_sva_report_(&s.replace("(1 success", "(2 success")).is_err());
+        assert!(check_sva_report_(&s.replace("0 failures", "1 failures")).is_err());
     }
 }

@@ -16,6 +16,9 @@
 //!   the IOMMU: endpoint 2, the IOMMU in slot 3).
 //! - `sva_only_disk_is_endpoint_0`: one `--disk PATH,iommu`: endpoint 0,
 //!   the IOMMU in slot 1, and the guest's writes reached the file.
+//! - `sva_page_request_timeout`: `guest.sva.timeout` leaves one page
+//!   request unanswered; with `--iommu-prq-timeout-ms 100` the device gives
+//!   up on it (IOERR, a fault report, counted as a timeout).
 //!
 //! They need /dev/kvm and skip (loudly) only where it is absent.
 
@@ -132,13 +135,16 @@ fn iommu_layout(out: &Out) -> (usize, String) {
     (disk, base.to_string())
 }
 
-/// Everything both runs check: the guest's sva report, its counts against
-/// the devices' counters, the GUP counters. Returns the guest's summary.
-fn check_sva_run(out: &Out) -> SvaSummary {
+/// Everything every run checks: the guest's sva report (with the optional
+/// check lines `also`), its counts against the devices' counters (with
+/// `timeouts` page requests the device gave up on), the GUP counters.
+/// Returns the guest's summary.
+fn check_sva_run(out: &Out, also: &[&str], timeouts: u64) -> SvaSummary {
     let dump = out.dump();
     guest_report::check_passing_report(&out.stdout).unwrap_or_else(|e| panic!("{e}; {dump}"));
     assert_eq!(out.code, Some(0), "{dump}");
-    let s = guest_report::check_sva_report(&out.stdout).unwrap_or_else(|e| panic!("{e}; {dump}"));
+    let s =
+        guest_report::check_sva_report(&out.stdout, also).unwrap_or_else(|e| panic!("{e}; {dump}"));
     let count = |l: &str, k: &str| field(l, k).unwrap_or_else(|| panic!("no {k}= in `{l}`"));
 
     // The endpoint is the disk's slot; the guest found the IOMMU where the
@@ -185,13 +191,20 @@ fn check_sva_run(out: &Out) -> SvaSummary {
         "{dump}"
     );
     assert_eq!(count(iommu, "events_dropped"), 0, "{dump}");
-    assert_eq!(count(iommu, "timeouts"), 0, "{dump}");
+    assert_eq!(count(iommu, "timeouts"), timeouts, "{dump}");
     // The scenarios' own numbers: 5 + 4 lazy pages, 2 refused, 2 for the
     // read-only mapping (one refused, one made writable), 1 FAILURE and 1
-    // after the table is attached again.
+    // after the table is attached again, 1 left waiting across a reset
+    // (and 1 left to time out).
     assert_eq!(
-        (s.page_requests, s.success, s.invalid, s.failure),
-        (15, 11, 3, 1),
+        (
+            s.page_requests,
+            s.success,
+            s.invalid,
+            s.failure,
+            s.unanswered
+        ),
+        (16 + timeouts, 11, 3, 1, 1 + timeouts),
         "{dump}"
     );
 
@@ -220,7 +233,7 @@ fn sva_default_run() {
     }
     let out = run(&[]);
     println!("{}\n{}", out.stdout.trim_end(), out.stderr.trim_end());
-    let s = check_sva_run(&out);
+    let s = check_sva_run(&out, &[], 0);
     let (disk, _) = iommu_layout(&out);
     assert_eq!(disk, 2, "{}", out.dump());
     // The physical-DMA disks are not the guest-virtual one.
@@ -254,7 +267,7 @@ fn sva_only_disk_is_endpoint_0() {
     std::fs::write(&img.0, vec![0u8; 8 << 20]).expect("writing the disk image");
     let arg = format!("{},iommu", img.0.display());
     let out = run(&["--disk", &arg]);
-    check_sva_run(&out);
+    check_sva_run(&out, &[], 0);
     let (disk, base) = iommu_layout(&out);
     assert_eq!((disk, base.as_str()), (0, "0xd0001000"), "{}", out.dump());
     // The guest's writes through IOVAs and its own virtual addresses
@@ -262,4 +275,18 @@ fn sva_only_disk_is_endpoint_0() {
     let data = std::fs::read(&img.0).expect("reading the disk image");
     let nonzero = data.iter().filter(|&&b| b != 0).count();
     assert!(nonzero > 64 * 1024, "{nonzero} non-zero bytes");
+}
+
+#[test]
+fn sva_page_request_timeout() {
+    if !kvm_or_skip("sva_page_request_timeout") {
+        return;
+    }
+    let out = run(&[
+        "--iommu-prq-timeout-ms",
+        "100",
+        "--cmdline",
+        "guest.sva.timeout",
+    ]);
+    check_sva_run(&out, &[guest_report::SVA_TIMEOUT_OK], 1);
 }

@@ -10,10 +10,15 @@
 //!
 //! One `guest: [ok] sva: ...` line per scenario, then
 //! `guest: sva: <N> requests, <Q> iommu requests, <B> bytes verified, <P>
-//! page requests (<S> success, <I> invalid, <X> failure), <F> fault
-//! reports, <E> failures` (N: virtio-blk requests on the disk behind the
-//! IOMMU; Q: requests on the IOMMU's request queue; P and F: event records
-//! received; S, I, X: PAGE_RESP sent by code).
+//! page requests (<S> success, <I> invalid, <X> failure, <U> unanswered),
+//! <F> fault reports, <E> failures` (N: virtio-blk requests on the disk
+//! behind the IOMMU; Q: requests on the IOMMU's request queue; P and F:
+//! event records received; S, I, X: PAGE_RESP the device accepted, by
+//! code; U: page requests left unanswered on purpose).
+//!
+//! `guest.sva.timeout` on the command line adds a scenario that leaves a
+//! page request unanswered until the device gives up (its
+//! `--iommu-prq-timeout-ms`, 2 s by default).
 //! Without a virtio-iommu on the command line one plain line says so
 //! (QEMU runs of this image have none).
 //!
@@ -243,6 +248,8 @@ const MAX_EVENTS: usize = 16;
 
 /// How one blk request went.
 struct Outcome {
+    /// The request completed.
+    done: bool,
     status: u8,
     events: [Event; MAX_EVENTS],
     nev: usize,
@@ -334,11 +341,20 @@ struct Ctx<'r> {
     pml4: u64,
     bytes: u64,
     failures: u32,
+    /// Page requests never answered (or answered too late).
+    unanswered: u64,
     blk_requests: u64,
+    /// `guest.sva.timeout`: run the page-request timeout scenario.
+    timeout_scenario: bool,
     next_sector: u64,
     capacity: u64,
     seed: u64,
 }
+
+/// A page-request answer meaning: send no PAGE_RESP.
+const NO_ANSWER: u16 = 0xffff;
+/// A page-request answer meaning: send no PAGE_RESP, and stop waiting.
+const STOP: u16 = 0xfffe;
 
 /// Answers every page request (none expected).
 fn refuse(_: &Event) -> u16 {
@@ -399,7 +415,9 @@ impl Ctx<'_> {
     }
 
     /// Sends one blk request of type `ty` on `segs` (device addresses) and
-    /// waits for it, answering page requests with `on_pr` meanwhile; then
+    /// waits for it, answering page requests with `on_pr` meanwhile (which
+    /// may also say [`NO_ANSWER`], or [`STOP`]: return at once, the request
+    /// still in flight, `Outcome::done` false); then
     /// waits for `faults` fault reports (the IOMMU's thread writes a record
     /// asynchronously: it may come after the request's completion).
     #[allow(clippy::too_many_arguments)]
@@ -431,6 +449,7 @@ impl Ctx<'_> {
         blk.requests += 1;
         blk.q.kick();
         let mut o = Outcome {
+            done: false,
             status: blk::STATUS_POISON,
             events: [Event::default(); MAX_EVENTS],
             nev: 0,
@@ -443,6 +462,7 @@ impl Ctx<'_> {
                 match blk.q.poll() {
                     Ok(Some(u)) if u.id == head => {
                         done = true;
+                        o.done = true;
                         done_at = tsc();
                         o.status = peek(st_at);
                     }
@@ -465,8 +485,15 @@ impl Ctx<'_> {
                     o.nev += 1;
                     if e.is_page_request() {
                         let code = on_pr(&e);
-                        let r = self.iommu.page_resp(domain, e.endpoint, e.group, code);
-                        self.expect_status("PAGE_RESP", r, st::OK)?;
+                        if code == NO_ANSWER || code == STOP {
+                            self.unanswered += 1;
+                            if code == STOP {
+                                return Ok(o);
+                            }
+                        } else {
+                            let r = self.iommu.page_resp(domain, e.endpoint, e.group, code);
+                            self.expect_status("PAGE_RESP", r, st::OK)?;
+                        }
                     }
                     continue;
                 }
@@ -617,7 +644,7 @@ pub fn run(report: &mut Report, cmd: &[u8]) {
                     ifound.dev.base, ifound.slot
                 ),
             );
-            let _ = writeln!(Serial, "guest: sva: 0 requests, 0 iommu requests, 0 bytes verified, 0 page requests (0 success, 0 invalid, 0 failure), 0 fault reports, 1 failures");
+            let _ = writeln!(Serial, "guest: sva: 0 requests, 0 iommu requests, 0 bytes verified, 0 page requests (0 success, 0 invalid, 0 failure, 0 unanswered), 0 fault reports, 1 failures");
             return;
         }
     };
@@ -629,7 +656,9 @@ pub fn run(report: &mut Report, cmd: &[u8]) {
         pml4: 0,
         bytes: 0,
         failures: 0,
+        unanswered: 0,
         blk_requests: 0,
+        timeout_scenario: pvh::flag(cmd, "guest.sva.timeout"),
         next_sector: 0,
         capacity: 0,
         seed: 0,
@@ -639,7 +668,7 @@ pub fn run(report: &mut Report, cmd: &[u8]) {
     let failures = ctx.report.failed - failed_before;
     let _ = writeln!(
         Serial,
-        "guest: sva: {} requests, {} iommu requests, {} bytes verified, {} page requests ({} success, {} invalid, {} failure), {} fault reports, {} failures",
+        "guest: sva: {} requests, {} iommu requests, {} bytes verified, {} page requests ({} success, {} invalid, {} failure, {} unanswered), {} fault reports, {} failures",
         ctx.blk_requests,
         i.requests,
         ctx.bytes,
@@ -647,6 +676,7 @@ pub fn run(report: &mut Report, cmd: &[u8]) {
         i.responses[0],
         i.responses[1],
         i.responses[2],
+        ctx.unanswered,
         i.fault_reports,
         failures
     );
@@ -1515,6 +1545,76 @@ fn sva_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
     ctx.check(
         r,
         format_args!("SVA FAILURE: a page request answered FAILURE -> IOERR + fault report; the next fault is a fault report without a page request (IOERR); after ATTACH_TABLE again page requests resume (SUCCESS, data verified)"),
+    );
+
+    // (g) Optional: a page request never answered: the device times out.
+    if ctx.timeout_scenario {
+        let r = (|| {
+            let page = VA_LAZY + 40 * 4096;
+            let s = ctx.sectors(4096);
+            let mut group = None;
+            let t0 = tsc();
+            let o = ctx.xfer(&mut blk, d, req::IN, s, &[(page, 0x1000)], 1, &mut |e| {
+                group = Some(e.group);
+                NO_ANSWER
+            })?;
+            let ticks = tsc().wrapping_sub(t0);
+            if o.status != blk_status::IOERR {
+                return Err(msg(format_args!("status {:#x}, expected IOERR", o.status)));
+            }
+            o.expect(
+                ep,
+                &[
+                    Want::pr(ev_flags::WRITE, page),
+                    Want::fault(ev_flags::WRITE, page, true),
+                ],
+            )?;
+            let g = group.ok_or_else(|| msg(format_args!("no page request")))?;
+            let r = ctx.iommu.page_resp(d, ep, g, resp::SUCCESS);
+            ctx.expect_status("PAGE_RESP after the timeout", r, st::NOENT)?;
+            Ok(msg(format_args!(" ({} M TSC ticks)", ticks / 1_000_000)))
+        })();
+        ctx.check(
+            r,
+            format_args!("SVA timeout: a page request left unanswered -> the device gives up: IOERR and a fault report; the late PAGE_RESP NOENT"),
+        );
+    }
+
+    // (h) A reset while a request waits for its page response.
+    let r = (|| {
+        let page = VA_LAZY + 48 * 4096;
+        let s = ctx.sectors(4096);
+        let mut group = None;
+        let o = ctx.xfer(&mut blk, d, req::IN, s, &[(page, 0x1000)], 0, &mut |e| {
+            group = Some(e.group);
+            STOP
+        })?;
+        if o.done {
+            return Err(msg(format_args!("completed with status {:#x}", o.status)));
+        }
+        o.expect(ep, &[Want::pr(ev_flags::WRITE, page)])?;
+        reset(&blk)?;
+        let g = group.ok_or_else(|| msg(format_args!("no page request")))?;
+        let r = ctx.iommu.page_resp(d, ep, g, resp::SUCCESS);
+        ctx.expect_status("PAGE_RESP after the reset", r, st::NOENT)?;
+        match blk.q.poll() {
+            Ok(None) => {}
+            Ok(Some(u)) => {
+                return Err(msg(format_args!(
+                    "completed after the reset (used id {})",
+                    u.id
+                )))
+            }
+            Err(e) => return Err(msg(format_args!("{e}"))),
+        }
+        if peek(blk.scratch + 16) != blk::STATUS_POISON || load(pte_at(t.pt_lazy, page)) != 0 {
+            return Err(msg(format_args!("status byte or PTE written")));
+        }
+        Ok(Line::new())
+    })();
+    ctx.check(
+        r,
+        format_args!("SVA reset while a request waits for its page response: the request is never completed, the late PAGE_RESP NOENT"),
     );
 
     // Tear down: reset, DETACH, the tables unlinked.
