@@ -353,10 +353,7 @@ impl Endpoint {
                 let page = iova & !0xfff;
                 let p = gup.pin(&space, page, 1, flags).map_err(|e| {
                     match self.walk_error(e, write, &table, requestable) {
-                        DmaError::Fault(f) => DmaError::Fault(DmaFault {
-                            address: iova,
-                            ..f
-                        }),
+                        DmaError::Fault(f) => DmaError::Fault(DmaFault { address: iova, ..f }),
                         e => e,
                     }
                 })?;
