@@ -1,0 +1,1287 @@
+// Copyright 2026 The guest-mm authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-blk behind the virtio-iommu (docs/guest-va-dma.md, "The
+//! page-request flow" and "Rings"): a disk whose every DMA address is an
+//! I/O virtual address translated through its endpoint's domain.
+//!
+//! The rig ([`Sva`]) is an IOMMU and a disk, each behind its own
+//! virtio-mmio transport with its worker thread, in one guest memory. The
+//! test is the guest: it builds x86 4-level page tables (user, RW, A/D
+//! clear), attaches them with ATTACH_TABLE, drives the disk on
+//! guest-virtual buffers, reads the IOMMU's event queue (fault reports and
+//! page requests) and answers page requests with PAGE_RESP, both through
+//! the IOMMU's queues. One test drives the disk's `BlockQueue::process`
+//! synchronously instead of its thread ([`Sva::new_sync`]).
+//!
+//! The I/O virtual window is one page table's 2M at `1 << 39` (PML4 index
+//! 1), far outside guest RAM, so a request that works proves translation.
+//! Frames are handed out downwards, so pages contiguous in the window are
+//! not contiguous (nor in order) in guest-physical memory.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use devices::virtio::blk::worker::MAX_PAGE_REQUESTS;
+use devices::virtio::blk::{Block, BlockCounters, BlockQueue, BlockStats, ErrorClass};
+use devices::virtio::iommu::domain::{table_flags as tf, MAP_READ, MAP_WRITE};
+use devices::virtio::iommu::event::{flags as ev, reason, RECORD_LEN};
+use devices::virtio::iommu::request::{kind, status as st};
+use devices::virtio::iommu::{Iommu, IommuCounters, IommuHandle};
+use devices::virtio::mmio::*;
+use devices::virtio::status::*;
+use devices::virtio::{Activation, Interrupt, VirtioDevice, F_ACCESS_PLATFORM, F_VERSION_1};
+use guest_mm::gup::{Fallback, GuestMemory, Gup, GupCounters, RegionOptions};
+use guest_mm::paging::entry::{PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const MAXPHYADDR: u8 = 46;
+/// The disk's endpoint id.
+const EP: u32 = 0;
+/// The domain the tests attach the disk to.
+const DOM: u32 = 1;
+
+/// The IOMMU's event queue rings (its request queue uses the standard
+/// [`DESC`], [`AVAIL`], [`USED`]).
+const EDESC: u64 = 0x5000;
+const EAVAIL: u64 = 0x7000;
+const EUSED: u64 = 0x8000;
+/// An IOMMU request's readable bytes and its tail.
+const IREQ: u64 = 0x1_0000;
+const ITAIL: u64 = 0x1_1000;
+/// Event buffers: 64 bytes for each event-queue descriptor index.
+const EVBUF: u64 = 0x2_0000;
+/// Event buffers the driver keeps posted.
+const EV_POSTED: usize = 128;
+
+/// The page tables.
+const PML4: u64 = 0x10_0000;
+const PDPT: u64 = 0x10_1000;
+const PD: u64 = 0x10_2000;
+const PT: u64 = 0x10_3000;
+/// Entries of the upper levels: present, writable, user.
+const UPPER: u64 = PTE_P | PTE_RW | PTE_US;
+/// A present, writable user page with Accessed and Dirty clear.
+const RW_USER: u64 = PTE_P | PTE_RW | PTE_US;
+
+/// The I/O virtual window (2M).
+const VA: u64 = 1 << 39;
+/// The disk's rings, one page each.
+const RING_DESC: u64 = VA;
+const RING_AVAIL: u64 = VA + 0x1000;
+const RING_USED: u64 = VA + 0x2000;
+/// Request headers (32 bytes per slot; a page the device only reads).
+const HDRS: u64 = VA + 0x1_0000;
+/// Status bytes (one per slot; a page the device writes).
+const STATS: u64 = VA + 0x1_1000;
+/// Data buffers from here.
+const DATA_VA: u64 = VA + 0x10_0000;
+/// Frames for the window are handed out downwards from here.
+const FRAMES_TOP: u64 = 0x180_0000;
+
+/// Disk size in sectors.
+const SECTORS: u64 = 512;
+
+/// A decoded event record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rec {
+    reason: u8,
+    group: u16,
+    flags: u32,
+    endpoint: u32,
+    pasid: u32,
+    address: u64,
+    /// The used length of its buffer.
+    len: u32,
+}
+
+/// An IOMMU request's bytes.
+struct B(Vec<u8>);
+
+impl B {
+    fn new(kind: u8, len: usize) -> Self {
+        let mut v = vec![0u8; len];
+        v[0] = kind;
+        B(v)
+    }
+    fn u16(mut self, at: usize, v: u16) -> Self {
+        self.0[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u32(mut self, at: usize, v: u32) -> Self {
+        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(mut self, at: usize, v: u64) -> Self {
+        self.0[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        self
+    }
+}
+
+/// The disk side: its transport (worker thread) or its queue driven here.
+enum Disk {
+    /// Not placed yet (while the rig is built).
+    None,
+    Mmio(Regs),
+    Sync(Box<BlockQueue>),
+}
+
+/// An IOMMU and a disk behind it (see the module comment).
+struct Sva {
+    gup: Arc<Gup>,
+    mem: GuestMemory,
+    iommu: Regs,
+    handle: IommuHandle,
+    /// The IOMMU's request and event queues (driver side).
+    rq: Driver,
+    eq: Driver,
+    disk: Disk,
+    /// The disk's queue (driver side; its rings at their guest-physical
+    /// addresses, which only the test knows: the device is told the
+    /// window's addresses).
+    bq: Driver,
+    file: TestFile,
+    stats: Arc<BlockStats>,
+    /// Window page -> its frame (present in the table or not).
+    frames: HashMap<u64, u64>,
+    next_frame: u64,
+    /// Event records read so far.
+    records: u64,
+}
+
+fn mmio(device: Box<dyn VirtioDevice>, gup: &Arc<Gup>) -> Regs {
+    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    Regs {
+        t: MmioTransport::new(device, memory(gup), Arc::clone(gup), irq).expect("transport"),
+    }
+}
+
+/// The disk's driver features: VERSION_1, FLUSH, and ACCESS_PLATFORM.
+fn disk_features() -> u64 {
+    (1u64 << F_VERSION_1) | (1 << F_ACCESS_PLATFORM) | (1 << 9)
+}
+
+impl Sva {
+    /// The rig with the disk behind its transport (index `index`, so its
+    /// worker thread is `virtio-blk<index>`), not started yet; the window's
+    /// tables are built, the rings mapped, nothing attached.
+    fn new(index: usize, timeout: Duration) -> Self {
+        let (mut s, block) = Sva::base(index, timeout);
+        s.disk = Disk::Mmio(mmio(Box::new(block), &s.gup));
+        s
+    }
+
+    /// The rig with the disk's queue built from the window's ring
+    /// addresses (translated now: `setup` sets the domain up first) and
+    /// processed by the test ([`Sva::process`]), not a thread.
+    fn new_sync(setup: impl FnOnce(&mut Sva)) -> Self {
+        let (mut s, block) = Sva::base(0, Duration::from_secs(10));
+        setup(&mut s);
+        let mut q = Queue::new(QSIZE).expect("queue");
+        q.set_size(QSIZE);
+        q.set_desc_table_address(Some(RING_DESC as u32), Some((RING_DESC >> 32) as u32));
+        q.set_avail_ring_address(Some(RING_AVAIL as u32), Some((RING_AVAIL >> 32) as u32));
+        q.set_used_ring_address(Some(RING_USED as u32), Some((RING_USED >> 32) as u32));
+        q.set_ready(true);
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let bq = block
+            .queue_for(Activation {
+                features: disk_features(),
+                queues: vec![q],
+                notifiers: Vec::new(),
+                interrupt: Arc::new(Interrupt::new(irq)),
+                mem: s.mem.clone(),
+                gup: Arc::clone(&s.gup),
+            })
+            .expect("queue_for: the rings translate");
+        s.disk = Disk::Sync(Box::new(bq));
+        s
+    }
+
+    /// The IOMMU started, the tables and rings set up, and the disk device
+    /// (not placed yet).
+    fn base(index: usize, timeout: Duration) -> (Sva, Block) {
+        let gup = engine(RegionOptions::default());
+        let mem = memory(&gup);
+        let (iommu, handle) = Iommu::new(vec![EP], MAXPHYADDR).expect("iommu");
+        let file = TestFile::new("sva", SECTORS, 23 + index as u64);
+        let mut cfg = block_config(&file, false, false);
+        cfg.index = index;
+        cfg.endpoint = Some(handle.endpoint(EP).expect("endpoint 0"));
+        cfg.page_request_timeout = timeout;
+        let block = Block::new(&cfg).expect("block device");
+        let stats = block.stats();
+        let iommu = mmio(Box::new(iommu), &gup);
+        let mut s = Sva {
+            rq: Driver::standard(mem.clone()),
+            eq: Driver::new(mem.clone(), QSIZE, EDESC, EAVAIL, EUSED),
+            bq: Driver::standard(mem.clone()),
+            mem,
+            gup,
+            iommu,
+            handle,
+            disk: Disk::None,
+            file,
+            stats,
+            frames: HashMap::new(),
+            next_frame: FRAMES_TOP,
+            records: 0,
+        };
+        s.start_iommu();
+        s.build_tables();
+        let desc = s.map_page(RING_DESC, RW_USER);
+        let avail = s.map_page(RING_AVAIL, RW_USER);
+        let used = s.map_page(RING_USED, RW_USER);
+        s.bq = Driver::new(s.mem.clone(), QSIZE, desc, avail, used);
+        s.map_page(HDRS, RW_USER);
+        s.map_page(STATS, RW_USER);
+        (s, block)
+    }
+
+    /// The IOMMU through its whole driver sequence, with every feature it
+    /// offers, and [`EV_POSTED`] event buffers posted.
+    fn start_iommu(&mut self) {
+        self.rq = Driver::standard(self.mem.clone());
+        self.eq = Driver::new(self.mem.clone(), QSIZE, EDESC, EAVAIL, EUSED);
+        let r = &mut self.iommu;
+        r.w(STATUS, 0);
+        r.w(STATUS, ACKNOWLEDGE);
+        r.w(STATUS, ACKNOWLEDGE | DRIVER);
+        r.set_driver_features(IommuHandle::offered_features());
+        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_ne!(r.r(STATUS) & FEATURES_OK, 0, "IOMMU FEATURES_OK refused");
+        for (i, drv) in [&self.rq, &self.eq].into_iter().enumerate() {
+            r.w(QUEUE_SEL, i as u32);
+            r.w(QUEUE_NUM, u32::from(drv.size));
+            for (lo, addr) in [
+                (QUEUE_DESC_LOW, drv.desc),
+                (QUEUE_DRIVER_LOW, drv.avail),
+                (QUEUE_DEVICE_LOW, drv.used),
+            ] {
+                r.w(lo, addr as u32);
+                r.w(lo + 4, (addr >> 32) as u32);
+            }
+            r.w(QUEUE_READY, 1);
+        }
+        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        assert_eq!(
+            r.r(STATUS),
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+            "the IOMMU started"
+        );
+        for _ in 0..EV_POSTED {
+            self.post_event();
+        }
+        self.iommu.w(QUEUE_NOTIFY, 1);
+    }
+
+    fn post_event(&mut self) {
+        let head = self.eq.next_desc;
+        let at = EVBUF + 64 * u64::from(head);
+        self.eq.write(at, &[0xa5; 64]);
+        self.eq.submit(&[w(at, 64)]);
+    }
+
+    // ---- page tables -------------------------------------------------
+
+    fn put64(&self, gpa: u64, v: u64) {
+        self.mem
+            .write_obj(v, GuestAddress(gpa))
+            .expect("page-table entry in RAM");
+    }
+
+    fn get64(&self, gpa: u64) -> u64 {
+        self.mem
+            .read_obj(GuestAddress(gpa))
+            .expect("page-table entry in RAM")
+    }
+
+    /// PML4[1] -> PDPT[0] -> PD[0] -> PT: the window; every PT entry not
+    /// present.
+    fn build_tables(&self) {
+        for t in [PML4, PDPT, PD, PT] {
+            self.mem
+                .write_slice(&[0u8; 4096], GuestAddress(t))
+                .expect("table page");
+        }
+        self.put64(PML4 + 8, PDPT | UPPER);
+        self.put64(PDPT, PD | UPPER);
+        self.put64(PD, PT | UPPER);
+    }
+
+    fn pte_addr(va: u64) -> u64 {
+        assert!(
+            (VA..VA + 2 * MIB).contains(&va),
+            "{va:#x} outside the window"
+        );
+        PT + 8 * ((va - VA) / PAGE)
+    }
+
+    /// The page's frame, allocated on first use.
+    fn frame(&mut self, va: u64) -> u64 {
+        let page = va & !(PAGE - 1);
+        if let Some(&f) = self.frames.get(&page) {
+            return f;
+        }
+        self.next_frame -= PAGE;
+        let f = self.next_frame;
+        self.mem
+            .write_slice(&[0u8; 4096], GuestAddress(f))
+            .expect("frame");
+        self.frames.insert(page, f);
+        f
+    }
+
+    /// Maps the page of `va` to a fresh frame with `flags`; returns the frame.
+    fn map_page(&mut self, va: u64, flags: u64) -> u64 {
+        let f = self.frame(va);
+        self.put64(Sva::pte_addr(va), f | flags);
+        f
+    }
+
+    /// A page the guest maps lazily: its frame exists (the test fills it),
+    /// its entry is not present.
+    fn lazy_page(&mut self, va: u64) -> u64 {
+        let f = self.frame(va);
+        self.put64(Sva::pte_addr(va), 0);
+        f
+    }
+
+    fn pte(&self, va: u64) -> u64 {
+        self.get64(Sva::pte_addr(va))
+    }
+
+    /// Guest bytes at a window address (through the test's own mapping).
+    fn read_va(&mut self, va: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut at = va;
+        while out.len() < len {
+            let n = ((PAGE - at % PAGE) as usize).min(len - out.len());
+            let gpa = self.frame(at) + at % PAGE;
+            out.extend_from_slice(&self.bq.read(gpa, n));
+            at += n as u64;
+        }
+        out
+    }
+
+    fn write_va(&mut self, va: u64, data: &[u8]) {
+        let mut at = va;
+        let mut done = 0;
+        while done < data.len() {
+            let n = ((PAGE - at % PAGE) as usize).min(data.len() - done);
+            let gpa = self.frame(at) + at % PAGE;
+            self.bq.write(gpa, &data[done..done + n]);
+            at += n as u64;
+            done += n;
+        }
+    }
+
+    // ---- the IOMMU's queues ----------------------------------------------
+
+    /// Runs one IOMMU request; returns its status.
+    fn iommu_req(&mut self, req: &B) -> u8 {
+        self.rq.write(IREQ, &req.0);
+        self.rq.write(ITAIL, &[0xa5; 4]);
+        let head = self.rq.submit(&[r(IREQ, req.0.len() as u64), w(ITAIL, 4)]);
+        self.iommu.w(QUEUE_NOTIFY, 0);
+        let used = wait_used(&mut self.rq, 1);
+        assert_eq!(used[0], (u32::from(head), 4), "IOMMU request used entry");
+        self.rq.read(ITAIL, 1)[0]
+    }
+
+    /// ATTACH_TABLE of the window's tables to [`DOM`] with `flags`.
+    fn attach_table(&mut self, flags: u64) -> u8 {
+        let req = B::new(kind::ATTACH_TABLE, 44)
+            .u32(4, DOM)
+            .u32(8, EP)
+            .u16(16, 4)
+            .u64(24, PML4)
+            .u64(32, flags)
+            .u32(40, 48);
+        self.iommu_req(&req)
+    }
+
+    fn attach(&mut self, domain: u32) -> u8 {
+        self.iommu_req(&B::new(kind::ATTACH, 20).u32(4, domain).u32(8, EP))
+    }
+
+    fn detach(&mut self, domain: u32) -> u8 {
+        self.iommu_req(&B::new(kind::DETACH, 20).u32(4, domain).u32(8, EP))
+    }
+
+    /// MAP of `[start, end]` (inclusive) to `phys`.
+    fn map(&mut self, domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> u8 {
+        let req = B::new(kind::MAP, 36)
+            .u32(4, domain)
+            .u64(8, start)
+            .u64(16, end)
+            .u64(24, phys)
+            .u32(32, flags);
+        self.iommu_req(&req)
+    }
+
+    /// PAGE_RESP for `group` of [`EP`] in [`DOM`].
+    fn page_resp(&mut self, group: u16, code: u16) -> u8 {
+        let req = B::new(kind::PAGE_RESP, 28)
+            .u32(4, DOM)
+            .u32(8, EP)
+            .u32(20, u32::from(group))
+            .u16(24, code);
+        self.iommu_req(&req)
+    }
+
+    /// The next event record (waits for it), its buffer posted again.
+    fn record(&mut self) -> Rec {
+        let (head, len) = wait_used(&mut self.eq, 1)[0];
+        let b = self.eq.read(EVBUF + 64 * u64::from(head), RECORD_LEN);
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let rec = Rec {
+            reason: b[0],
+            group: u16::from_le_bytes([b[2], b[3]]),
+            flags: u32_at(4),
+            endpoint: u32_at(8),
+            pasid: u32_at(12),
+            address: u64::from_le_bytes(b[16..24].try_into().unwrap()),
+            len,
+        };
+        assert_eq!(rec.len as usize, RECORD_LEN, "{rec:?}");
+        assert_eq!(b[1], 0, "reserved byte of {rec:?}");
+        assert_eq!(rec.endpoint, EP, "{rec:?}");
+        assert_eq!(rec.pasid, 0, "{rec:?}");
+        self.records += 1;
+        self.post_event();
+        self.iommu.w(QUEUE_NOTIFY, 1);
+        rec
+    }
+
+    /// A page request for the page of `va` with `access` (ev::READ or
+    /// ev::WRITE); returns its group.
+    fn expect_page_request(&mut self, va: u64, access: u32) -> u16 {
+        let rec = self.record();
+        assert_eq!(
+            rec.flags,
+            ev::PAGE_REQUEST | ev::LAST | ev::ADDRESS | access,
+            "{rec:?}"
+        );
+        assert_eq!(rec.reason, reason::MAPPING, "{rec:?}");
+        assert_eq!(rec.address, va & !(PAGE - 1), "page request for {va:#x}");
+        rec.group
+    }
+
+    /// A fault report for `address` with `access` and `why`.
+    fn expect_fault_report(&mut self, address: u64, access: u32, why: u8) {
+        let rec = self.record();
+        assert_eq!(rec.flags, ev::ADDRESS | access, "a fault report: {rec:?}");
+        assert_eq!(rec.reason, why, "{rec:?}");
+        assert_eq!(rec.group, 0, "{rec:?}");
+        assert_eq!(rec.address, address, "{rec:?}");
+    }
+
+    /// Every record the IOMMU's counters say was sent has been read, and
+    /// no other shows up.
+    fn no_more_records(&mut self) {
+        let c = self.handle.counters();
+        assert_eq!(
+            self.records,
+            c.page_requests + c.fault_reports,
+            "records read vs sent: {c:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            self.eq.used_idx(),
+            self.eq.used_seen,
+            "an unexpected event record"
+        );
+    }
+
+    fn iommu_counters(&self) -> IommuCounters {
+        self.handle.counters()
+    }
+
+    // ---- the disk ------------------------------------------------------
+
+    fn disk_regs(&mut self) -> &mut Regs {
+        match &mut self.disk {
+            Disk::Mmio(r) => r,
+            _ => panic!("the disk of this rig has no transport"),
+        }
+    }
+
+    /// The disk's driver sequence with `features`, the rings at the
+    /// window's addresses. Returns the Status register, or `None` when
+    /// FEATURES_OK was refused.
+    fn start_disk(&mut self, features: u64) -> Option<u32> {
+        self.bq = Driver::new(
+            self.mem.clone(),
+            QSIZE,
+            self.bq.desc,
+            self.bq.avail,
+            self.bq.used,
+        );
+        let r = self.disk_regs();
+        r.w(STATUS, 0);
+        r.w(STATUS, ACKNOWLEDGE);
+        r.w(STATUS, ACKNOWLEDGE | DRIVER);
+        r.set_driver_features(features);
+        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        if r.r(STATUS) & FEATURES_OK == 0 {
+            return None;
+        }
+        r.w(QUEUE_SEL, 0);
+        r.w(QUEUE_NUM, u32::from(QSIZE));
+        for (lo, addr) in [
+            (QUEUE_DESC_LOW, RING_DESC),
+            (QUEUE_DRIVER_LOW, RING_AVAIL),
+            (QUEUE_DEVICE_LOW, RING_USED),
+        ] {
+            r.w(lo, addr as u32);
+            r.w(lo + 4, (addr >> 32) as u32);
+        }
+        r.w(QUEUE_READY, 1);
+        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        Some(r.r(STATUS))
+    }
+
+    /// [`Sva::start_disk`] with [`disk_features`], asserting it started.
+    fn start_disk_ok(&mut self) {
+        let s = self.start_disk(disk_features());
+        assert_eq!(
+            s,
+            Some(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
+            "the disk started (no DEVICE_NEEDS_RESET)"
+        );
+    }
+
+    /// Publishes a chain and tells the device (a notify, or nothing for
+    /// the synchronous queue, which runs on [`Sva::process`]).
+    fn submit(&mut self, descs: &[D]) -> u16 {
+        let head = self.bq.submit(descs);
+        if let Disk::Mmio(r) = &mut self.disk {
+            r.notify();
+        }
+        head
+    }
+
+    /// Runs the synchronous queue once.
+    fn process(&mut self) {
+        match &mut self.disk {
+            Disk::Sync(q) => {
+                q.process();
+            }
+            _ => panic!("the disk of this rig has its thread"),
+        }
+    }
+
+    /// A read (IN) of `len` bytes at `sector` into `data` (window address);
+    /// request slot `slot` holds the header and the status. Returns the head.
+    fn read_req(&mut self, slot: u64, sector: u64, data: u64, len: u64) -> u16 {
+        self.write_va(HDRS + 32 * slot, &header(T_IN, sector));
+        self.write_va(STATS + slot, &[0xff]);
+        self.submit(&[r(HDRS + 32 * slot, 16), w(data, len), w(STATS + slot, 1)])
+    }
+
+    /// A write (OUT) of `len` bytes from `data` to `sector`.
+    fn write_req(&mut self, slot: u64, sector: u64, data: u64, len: u64) -> u16 {
+        self.write_va(HDRS + 32 * slot, &header(T_OUT, sector));
+        self.write_va(STATS + slot, &[0xff]);
+        self.submit(&[r(HDRS + 32 * slot, 16), r(data, len), w(STATS + slot, 1)])
+    }
+
+    fn status(&mut self, slot: u64) -> u8 {
+        self.read_va(STATS + slot, 1)[0]
+    }
+
+    /// Waits for one used entry; checks its head and length.
+    fn used(&mut self, head: u16, len: u32) {
+        let u = wait_used(&mut self.bq, 1);
+        assert_eq!(u[0], (u32::from(head), len), "used entry (head, length)");
+    }
+
+    /// No used entry beyond those consumed.
+    fn nothing_used(&self) {
+        assert_eq!(self.bq.used_idx(), self.bq.used_seen, "a request completed");
+    }
+
+    fn counters(&self) -> BlockCounters {
+        self.stats.snapshot()
+    }
+}
+
+/// `after - before` of the GUP path counters.
+fn gup_delta(a: &GupCounters, b: &GupCounters) -> (u64, u64, u64, u64) {
+    (
+        b.fast_hits - a.fast_hits,
+        b.slow_calls - a.slow_calls,
+        b.fallback(Fallback::AccessedDirty) - a.fallback(Fallback::AccessedDirty),
+        b.touched - a.touched,
+    )
+}
+
+/// Accessed and Dirty of an entry.
+fn ad(e: u64) -> (bool, bool) {
+    (e & PTE_A != 0, e & PTE_D != 0)
+}
+
+#[test]
+fn features_ok_needs_access_platform() {
+    let mut s = Sva::new(10, Duration::from_secs(10));
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    let offered = s.disk_regs().device_features();
+    assert_ne!(
+        offered & (1 << F_ACCESS_PLATFORM),
+        0,
+        "offers ACCESS_PLATFORM"
+    );
+    // A disk that is not behind the IOMMU does not offer it.
+    let file = TestFile::new("plain", 8, 1);
+    let plain = Block::new(&block_config(&file, false, false)).expect("block");
+    assert_eq!(plain.features() & (1 << F_ACCESS_PLATFORM), 0);
+    assert_eq!(plain.required_features(), 0);
+
+    let without = disk_features() & !(1 << F_ACCESS_PLATFORM);
+    assert_eq!(
+        s.start_disk(without),
+        None,
+        "FEATURES_OK without ACCESS_PLATFORM"
+    );
+    assert_eq!(
+        s.disk_regs().r(STATUS),
+        ACKNOWLEDGE | DRIVER,
+        "FEATURES_OK reads back clear"
+    );
+    s.start_disk_ok();
+    // And it works: one read through the window.
+    s.map_page(DATA_VA, RW_USER);
+    let head = s.read_req(0, 3, DATA_VA, 512);
+    s.used(head, 513);
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(s.read_va(DATA_VA, 512), s.file.read(3 * 512, 512));
+}
+
+#[test]
+fn rings_and_present_buffers_through_the_page_tables() {
+    let mut s = Sva::new(11, Duration::from_secs(10));
+    assert_eq!(s.attach_table(tf::PRI | tf::NXE), st::OK);
+    // The rings' frames are neither at their window addresses (outside
+    // RAM) nor in window order.
+    assert!(s.bq.desc > s.bq.avail && s.bq.avail > s.bq.used);
+    let g0 = s.gup.stats();
+    s.start_disk_ok();
+    let g = s.gup.stats();
+    assert_eq!(
+        g.longterm_pages - g0.longterm_pages,
+        3,
+        "three ring pages held long-term"
+    );
+    // The device walked (and touched) the tables for the rings: Accessed on
+    // every level, Dirty only on the used ring it writes.
+    for (what, e) in [
+        ("PML4[1]", s.get64(PML4 + 8)),
+        ("PDPT[0]", s.get64(PDPT)),
+        ("PD[0]", s.get64(PD)),
+    ] {
+        assert!(ad(e).0, "{what} Accessed after the ring walk: {e:#x}");
+    }
+    assert_eq!(ad(s.pte(RING_DESC)), (true, false), "descriptor table PTE");
+    assert_eq!(ad(s.pte(RING_AVAIL)), (true, false), "available ring PTE");
+    assert_eq!(ad(s.pte(RING_USED)), (true, true), "used ring PTE");
+
+    // A write (the device reads two pages) of fresh data.
+    let wdata = DATA_VA;
+    s.map_page(wdata, RW_USER);
+    s.map_page(wdata + PAGE, RW_USER);
+    let bytes = pattern(100, 2 * PAGE as usize);
+    s.write_va(wdata, &bytes);
+    let g0 = s.gup.stats();
+    let head = s.write_req(0, 8, wdata, 2 * PAGE);
+    s.used(head, 1);
+    let (_, slow, ad_fallbacks, touched) = gup_delta(&g0, &s.gup.stats());
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(
+        s.file.read(8 * 512, bytes.len()),
+        bytes,
+        "written to the disk"
+    );
+    assert!(
+        slow >= 1 && ad_fallbacks >= 1,
+        "A/D-clear pages take the slow path"
+    );
+    // Header page, two data pages, status page.
+    assert!(
+        touched >= 4,
+        "the slow path set A/D on 4 pages, touched {touched}"
+    );
+    assert_eq!(ad(s.pte(HDRS)), (true, false), "header page: read only");
+    assert_eq!(ad(s.pte(wdata)), (true, false), "data read by the device");
+    assert_eq!(
+        ad(s.pte(wdata + PAGE)),
+        (true, false),
+        "data read by the device"
+    );
+    assert_eq!(ad(s.pte(STATS)), (true, true), "status page written");
+    // The same pages again: the fast path serves everything.
+    let bytes = pattern(101, 2 * PAGE as usize);
+    s.write_va(wdata, &bytes);
+    let g0 = s.gup.stats();
+    let head = s.write_req(0, 8, wdata, 2 * PAGE);
+    s.used(head, 1);
+    let (fast, slow, _, touched) = gup_delta(&g0, &s.gup.stats());
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(s.file.read(8 * 512, bytes.len()), bytes);
+    assert_eq!((slow, touched), (0, 0), "A/D set: no slow path");
+    assert!(fast >= 3, "fast hits: header, data, status ({fast})");
+
+    // A read (the device writes three pages, not contiguous in RAM).
+    let rdata = DATA_VA + 0x1_0000;
+    let frames: Vec<u64> = (0..3)
+        .map(|i| s.map_page(rdata + i * PAGE, RW_USER))
+        .collect();
+    assert!(frames[0] > frames[1] && frames[1] > frames[2]);
+    s.write_va(rdata, &[0xee; 3 * 4096]);
+    clear_dirty(&s.gup);
+    let g0 = s.gup.stats();
+    let head = s.read_req(1, 40, rdata, 3 * PAGE);
+    s.used(head, 3 * 4096 + 1);
+    let (_, slow, ad_fallbacks, _) = gup_delta(&g0, &s.gup.stats());
+    assert_eq!(s.status(1), S_OK);
+    assert_eq!(s.read_va(rdata, 3 * 4096), s.file.read(40 * 512, 3 * 4096));
+    assert!(slow >= 1 && ad_fallbacks >= 1);
+    for (i, &f) in frames.iter().enumerate() {
+        let va = rdata + i as u64 * PAGE;
+        assert_eq!(
+            ad(s.pte(va)),
+            (true, true),
+            "data page {i} written by the device"
+        );
+        assert!(dirty(&s.gup, f), "frame {f:#x} marked in the dirty bitmap");
+    }
+    let g0 = s.gup.stats();
+    let head = s.read_req(1, 48, rdata, 3 * PAGE);
+    s.used(head, 3 * 4096 + 1);
+    let (_, slow, _, _) = gup_delta(&g0, &s.gup.stats());
+    assert_eq!(slow, 0, "second read: fast path only");
+    assert_eq!(s.read_va(rdata, 3 * 4096), s.file.read(48 * 512, 3 * 4096));
+
+    let c = s.counters();
+    assert_eq!(
+        (c.reads, c.writes, c.errors_total(), c.parked),
+        (2, 2, 0, 0),
+        "{c:?}"
+    );
+    let ic = s.iommu_counters();
+    assert_eq!((ic.page_requests, ic.fault_reports), (0, 0), "{ic:?}");
+    s.no_more_records();
+    // Reset: the ring pins go, nothing stays pinned.
+    s.disk_regs().w(STATUS, 0);
+    let g = s.gup.stats();
+    assert_eq!((g.pins_outstanding, g.longterm_pages), (0, 0), "{g:?}");
+}
+
+#[test]
+fn rings_that_do_not_translate_need_a_reset() {
+    let mut s = Sva::new(12, Duration::from_secs(10));
+    // Not attached at DRIVER_OK: DOMAIN fault on the first ring.
+    let st0 = s.start_disk(disk_features()).expect("FEATURES_OK");
+    assert_ne!(st0 & DEVICE_NEEDS_RESET, 0, "status {st0:#x}");
+    s.expect_fault_report(RING_DESC, ev::READ, reason::DOMAIN);
+
+    // Attached, but the used ring's page is not mapped: a fault report
+    // (never a page request, even with PRI), and DEVICE_NEEDS_RESET.
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.put64(Sva::pte_addr(RING_USED), 0);
+    let st1 = s.start_disk(disk_features()).expect("FEATURES_OK");
+    assert_ne!(st1 & DEVICE_NEEDS_RESET, 0, "status {st1:#x}");
+    s.expect_fault_report(RING_USED, ev::WRITE, reason::MAPPING);
+    assert_eq!(s.iommu_counters().page_requests, 0);
+    let g = s.gup.stats();
+    assert_eq!(
+        (g.pins_outstanding, g.longterm_pages),
+        (0, 0),
+        "no ring pins left: {g:?}"
+    );
+
+    // A read-only used ring cannot be written either.
+    let used = s.frames[&RING_USED];
+    s.put64(Sva::pte_addr(RING_USED), used | PTE_P | PTE_US);
+    let st2 = s.start_disk(disk_features()).expect("FEATURES_OK");
+    assert_ne!(st2 & DEVICE_NEEDS_RESET, 0, "status {st2:#x}");
+    s.expect_fault_report(RING_USED, ev::WRITE, reason::MAPPING);
+
+    // Mapped: the next start works.
+    s.put64(Sva::pte_addr(RING_USED), used | RW_USER);
+    s.start_disk_ok();
+    s.map_page(DATA_VA, RW_USER);
+    let head = s.read_req(0, 1, DATA_VA, 1024);
+    s.used(head, 1025);
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(s.read_va(DATA_VA, 1024), s.file.read(512, 1024));
+    s.no_more_records();
+}
+
+#[test]
+fn lazily_mapped_buffers_are_requested_and_resumed() {
+    let mut s = Sva::new(13, Duration::from_secs(10));
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+
+    // A read into a page that is not mapped yet.
+    let lazy = DATA_VA;
+    s.lazy_page(lazy);
+    s.write_va(lazy, &[0xee; 4096]);
+    let parked = s.read_req(0, 4, lazy, PAGE);
+    let g_lazy = s.expect_page_request(lazy, ev::WRITE);
+    s.nothing_used();
+    // Meanwhile another request completes.
+    let present = DATA_VA + 0x1_0000;
+    s.map_page(present, RW_USER);
+    let bytes = pattern(7, 1024);
+    s.write_va(present, &bytes);
+    let other = s.write_req(1, 100, present, 1024);
+    s.used(other, 1);
+    assert_eq!(s.status(1), S_OK);
+    assert_eq!(s.file.read(100 * 512, 1024), bytes);
+    assert_eq!(s.status(0), 0xff, "the parked request has no status yet");
+    // (Counted before the worker took the second request.)
+    assert_eq!(s.counters().parked, 1);
+    // The guest maps the page and answers.
+    s.put64(Sva::pte_addr(lazy), s.frames[&lazy] | RW_USER);
+    assert_eq!(s.page_resp(g_lazy, 0), st::OK);
+    s.used(parked, 4097);
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(s.read_va(lazy, 4096), s.file.read(4 * 512, 4096));
+    assert_eq!(ad(s.pte(lazy)), (true, true));
+
+    // A write from three unmapped pages: one page request per page, in
+    // order, each after the previous answer.
+    let three = DATA_VA + 0x2_0000;
+    for i in 0..3 {
+        s.lazy_page(three + i * PAGE);
+    }
+    let bytes = pattern(8, 3 * 4096);
+    s.write_va(three, &bytes);
+    let head = s.write_req(2, 200, three, 3 * PAGE);
+    let mut groups = vec![g_lazy];
+    for i in 0..3 {
+        let va = three + i * PAGE;
+        let g = s.expect_page_request(va, ev::READ);
+        assert!(!groups.contains(&g), "group {g} reused while outstanding");
+        groups.push(g);
+        s.nothing_used();
+        s.put64(Sva::pte_addr(va), s.frames[&va] | RW_USER);
+        assert_eq!(s.page_resp(g, 0), st::OK);
+    }
+    s.used(head, 1);
+    assert_eq!(s.status(2), S_OK);
+    assert_eq!(s.file.read(200 * 512, bytes.len()), bytes);
+    for i in 0..3 {
+        assert_eq!(
+            ad(s.pte(three + i * PAGE)),
+            (true, false),
+            "page {i} only read"
+        );
+    }
+
+    let c = s.counters();
+    assert_eq!(
+        (c.parked, c.resumed, c.reads, c.writes, c.errors_total()),
+        (4, 4, 1, 2, 0),
+        "{c:?}"
+    );
+    let ic = s.iommu_counters();
+    assert_eq!(ic.page_requests, 4, "{ic:?}");
+    assert_eq!(ic.responses, [4, 0, 0], "{ic:?}");
+    assert_eq!(
+        (ic.fault_reports, ic.timeouts, ic.stray_responses),
+        (0, 0, 0)
+    );
+    s.no_more_records();
+    // An answer for a group already answered: NOENT.
+    assert_eq!(s.page_resp(g_lazy, 0), st::NOENT);
+    let g = s.gup.stats();
+    assert_eq!(g.pins_outstanding, 3, "only the ring pins: {g:?}");
+}
+
+#[test]
+fn refused_page_requests_fail_the_request() {
+    let mut s = Sva::new(14, Duration::from_secs(10));
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+    let translation = |s: &Sva| s.counters().error(ErrorClass::Translation);
+
+    // INVALID: IOERR, and a fault report for the page.
+    let a = DATA_VA;
+    s.lazy_page(a);
+    let head = s.read_req(0, 0, a + 0x200, 512);
+    let g = s.expect_page_request(a, ev::WRITE);
+    assert_eq!(s.page_resp(g, 1), st::OK);
+    s.used(head, 1);
+    assert_eq!(s.status(0), S_IOERR);
+    // The report names the exact address (virtio 1.2 5.13.6.9), the page
+    // request only its page.
+    s.expect_fault_report(a + 0x200, ev::WRITE, reason::MAPPING);
+    assert_eq!(translation(&s), 1);
+
+    // Page requests go on after INVALID. FAILURE: IOERR and a report...
+    let b = DATA_VA + 0x1_0000;
+    s.lazy_page(b);
+    let head = s.write_req(1, 0, b, 1024);
+    let g = s.expect_page_request(b, ev::READ);
+    assert_eq!(s.page_resp(g, 2), st::OK);
+    s.used(head, 1);
+    assert_eq!(s.status(1), S_IOERR);
+    s.expect_fault_report(b, ev::READ, reason::MAPPING);
+    assert_eq!(translation(&s), 2);
+
+    // ...and no more page requests for this endpoint: the next fault is a
+    // fault report at once.
+    let c = DATA_VA + 0x2_0000;
+    s.lazy_page(c);
+    let parked = s.counters().parked;
+    let head = s.read_req(2, 0, c, 512);
+    s.used(head, 1);
+    assert_eq!(s.status(2), S_IOERR);
+    s.expect_fault_report(c, ev::WRITE, reason::MAPPING);
+    assert_eq!(translation(&s), 3);
+    assert_eq!(s.counters().parked, parked, "not parked");
+    assert_eq!(s.iommu_counters().page_requests, 2);
+
+    // A new ATTACH_TABLE turns page requests back on.
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    let head = s.read_req(2, 9, c, 512);
+    let g = s.expect_page_request(c, ev::WRITE);
+    s.put64(Sva::pte_addr(c), s.frames[&c] | RW_USER);
+    assert_eq!(s.page_resp(g, 0), st::OK);
+    s.used(head, 513);
+    assert_eq!(s.status(2), S_OK);
+    assert_eq!(s.read_va(c, 512), s.file.read(9 * 512, 512));
+
+    let bc = s.counters();
+    assert_eq!(
+        (bc.parked, bc.resumed, bc.reads, bc.writes),
+        (3, 1, 1, 0),
+        "{bc:?}"
+    );
+    assert_eq!(bc.errors_total(), 3, "{bc:?}");
+    let ic = s.iommu_counters();
+    assert_eq!(ic.page_requests, 3, "{ic:?}");
+    assert_eq!(ic.responses, [1, 1, 1], "{ic:?}");
+    assert_eq!(ic.fault_reports, 3, "{ic:?}");
+    s.no_more_records();
+}
+
+#[test]
+fn an_unanswered_page_request_times_out() {
+    let timeout = Duration::from_millis(300);
+    let mut s = Sva::new(15, timeout);
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+    let a = DATA_VA;
+    s.lazy_page(a);
+    let t0 = Instant::now();
+    let head = s.read_req(0, 0, a, 1024);
+    let g = s.expect_page_request(a, ev::WRITE);
+    s.used(head, 1);
+    assert!(t0.elapsed() >= timeout, "completed before the timeout");
+    assert_eq!(s.status(0), S_IOERR);
+    s.expect_fault_report(a, ev::WRITE, reason::MAPPING);
+    let ic = s.iommu_counters();
+    assert_eq!(
+        (ic.page_requests, ic.timeouts, ic.fault_reports),
+        (1, 1, 1),
+        "{ic:?}"
+    );
+    assert_eq!(s.counters().error(ErrorClass::Translation), 1);
+    // The late answer is for nothing.
+    assert_eq!(s.page_resp(g, 0), st::NOENT);
+    assert_eq!(s.iommu_counters().stray_responses, 1);
+    s.no_more_records();
+}
+
+#[test]
+fn write_dma_into_a_read_only_page_asks_for_write_access() {
+    let mut s = Sva::new(16, Duration::from_secs(10));
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+    let ro = DATA_VA;
+    let frame = s.map_page(ro, PTE_P | PTE_US);
+    let bytes = pattern(9, 4096);
+    s.write_va(ro, &bytes);
+    // The device only reads it: no page request.
+    let head = s.write_req(0, 16, ro, PAGE);
+    s.used(head, 1);
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(s.file.read(16 * 512, 4096), bytes);
+    assert_eq!(s.iommu_counters().page_requests, 0);
+    // The device writes it: a page request for write access to a present
+    // page.
+    let head = s.read_req(1, 24, ro, PAGE);
+    let g = s.expect_page_request(ro, ev::WRITE);
+    s.nothing_used();
+    assert_ne!(s.pte(ro) & PTE_P, 0, "the page is present");
+    assert_eq!(s.read_va(ro, 4096), bytes, "nothing written yet");
+    s.put64(Sva::pte_addr(ro), frame | RW_USER);
+    assert_eq!(s.page_resp(g, 0), st::OK);
+    s.used(head, 4097);
+    assert_eq!(s.status(1), S_OK);
+    assert_eq!(s.read_va(ro, 4096), s.file.read(24 * 512, 4096));
+    assert_eq!(ad(s.pte(ro)), (true, true));
+    let c = s.counters();
+    assert_eq!((c.parked, c.resumed, c.errors_total()), (1, 1, 0), "{c:?}");
+    s.no_more_records();
+}
+
+#[test]
+fn success_without_mapping_gives_up_after_max_page_requests() {
+    // The disk's queue processed synchronously: each round is one
+    // `process` (the request parks on a page request), one record, one
+    // PAGE_RESP SUCCESS that maps nothing.
+    let mut s = Sva::new_sync(|s| assert_eq!(s.attach_table(tf::PRI), st::OK));
+    let a = DATA_VA;
+    s.lazy_page(a);
+    let head = s.read_req(0, 0, a, 512);
+    let mut rounds = 0;
+    loop {
+        s.process();
+        if s.bq.used_idx() != s.bq.used_seen {
+            break;
+        }
+        let g = s.expect_page_request(a, ev::WRITE);
+        rounds += 1;
+        assert!(
+            rounds <= MAX_PAGE_REQUESTS,
+            "more than {MAX_PAGE_REQUESTS} rounds"
+        );
+        assert_eq!(s.page_resp(g, 0), st::OK);
+    }
+    assert_eq!(rounds, MAX_PAGE_REQUESTS);
+    s.used(head, 1);
+    assert_eq!(s.status(0), S_IOERR);
+    s.expect_fault_report(a, ev::WRITE, reason::MAPPING);
+    let c = s.counters();
+    let n = u64::from(MAX_PAGE_REQUESTS);
+    assert_eq!((c.parked, c.resumed), (n, n), "{c:?}");
+    assert_eq!(c.error(ErrorClass::Translation), 1, "{c:?}");
+    let ic = s.iommu_counters();
+    assert_eq!(
+        (ic.page_requests, ic.responses[0], ic.fault_reports),
+        (n, n, 1),
+        "{ic:?}"
+    );
+    s.no_more_records();
+    // The same queue still works once the page is there.
+    s.put64(Sva::pte_addr(a), s.frames[&a] | RW_USER);
+    let head = s.read_req(0, 5, a, 512);
+    s.process();
+    s.used(head, 513);
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(s.read_va(a, 512), s.file.read(5 * 512, 512));
+}
+
+#[test]
+fn map_domains_translate_without_page_requests() {
+    /// I/O virtual addresses of the MAP domain (outside RAM) and the
+    /// guest-physical frames behind them.
+    const IOVA: u64 = 0x1_0000_0000;
+    const GPA: u64 = 0x60_0000;
+    const RO_IOVA: u64 = IOVA + 0x10_0000;
+    const RO_GPA: u64 = 0x70_0000;
+    const MD: u32 = 2;
+    let mut s = Sva::new(17, Duration::from_secs(10));
+    assert_eq!(s.attach(MD), st::OK);
+    assert_eq!(
+        s.map(MD, IOVA, IOVA + 0xf_ffff, GPA, MAP_READ | MAP_WRITE),
+        st::OK
+    );
+    assert_eq!(
+        s.map(MD, RO_IOVA, RO_IOVA + 0xfff, RO_GPA, MAP_READ),
+        st::OK
+    );
+    // The rings at IOVA, +4K, +8K; headers at +12K, status at +16K.
+    let (hdr, status) = (IOVA + 0x3000, IOVA + 0x4000);
+    s.bq = Driver::new(s.mem.clone(), QSIZE, GPA, GPA + 0x1000, GPA + 0x2000);
+    let regs = s.disk_regs();
+    regs.w(STATUS, 0);
+    regs.w(STATUS, ACKNOWLEDGE | DRIVER);
+    regs.set_driver_features(disk_features());
+    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    regs.w(QUEUE_NUM, 256);
+    for (lo, addr) in [
+        (QUEUE_DESC_LOW, IOVA),
+        (QUEUE_DRIVER_LOW, IOVA + 0x1000),
+        (QUEUE_DEVICE_LOW, IOVA + 0x2000),
+    ] {
+        regs.w(lo, addr as u32);
+        regs.w(lo + 4, (addr >> 32) as u32);
+    }
+    regs.w(QUEUE_READY, 1);
+    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    assert_eq!(
+        regs.r(STATUS),
+        ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+    );
+    let g = |iova: u64| GPA + (iova - IOVA);
+    let run = |s: &mut Sva, kind: u32, sector: u64, data: u64, len: u64| -> (u32, u8) {
+        s.bq.write(g(hdr), &header(kind, sector));
+        s.bq.write(g(status), &[0xff]);
+        let dd = if kind == T_IN {
+            w(data, len)
+        } else {
+            r(data, len)
+        };
+        let head = s.submit(&[r(hdr, 16), dd, w(status, 1)]);
+        let u = wait_used(&mut s.bq, 1)[0];
+        assert_eq!(u.0, u32::from(head));
+        (u.1, s.bq.read(g(status), 1)[0])
+    };
+
+    // A read lands at the mapped guest-physical address, dirty-marked.
+    clear_dirty(&s.gup);
+    let data = IOVA + 0x8000;
+    assert_eq!(run(&mut s, T_IN, 2, data, 8192), (8193, S_OK));
+    assert_eq!(s.bq.read(g(data), 8192), s.file.read(2 * 512, 8192));
+    assert!(dirty(&s.gup, g(data)) && dirty(&s.gup, g(data) + PAGE));
+    // A write from it.
+    let bytes = pattern(12, 4096);
+    s.bq.write(g(data), &bytes);
+    assert_eq!(run(&mut s, T_OUT, 30, data, 4096), (1, S_OK));
+    assert_eq!(s.file.read(30 * 512, 4096), bytes);
+    // A read-only mapping: the device may read it, not write it.
+    s.bq.write(RO_GPA, &bytes);
+    assert_eq!(run(&mut s, T_OUT, 40, RO_IOVA, 512), (1, S_OK));
+    assert_eq!(s.file.read(40 * 512, 512), &bytes[..512]);
+    assert_eq!(run(&mut s, T_IN, 40, RO_IOVA + 0x200, 512), (1, S_IOERR));
+    s.expect_fault_report(RO_IOVA + 0x200, ev::WRITE, reason::MAPPING);
+    // Nothing mapped there: IOERR and a fault report for the exact address.
+    let hole = IOVA + 0x20_0123;
+    assert_eq!(run(&mut s, T_IN, 0, hole, 512), (1, S_IOERR));
+    s.expect_fault_report(hole, ev::WRITE, reason::MAPPING);
+    let ic = s.iommu_counters();
+    assert_eq!((ic.page_requests, ic.fault_reports), (0, 2), "{ic:?}");
+    let c = s.counters();
+    assert_eq!(
+        (c.error(ErrorClass::Translation), c.parked),
+        (2, 0),
+        "{c:?}"
+    );
+    s.no_more_records();
+
+    // Detached before DRIVER_OK: DEVICE_NEEDS_RESET, a DOMAIN fault.
+    assert_eq!(s.detach(MD), st::OK);
+    let regs = s.disk_regs();
+    regs.w(STATUS, 0);
+    regs.w(STATUS, ACKNOWLEDGE | DRIVER);
+    regs.set_driver_features(disk_features());
+    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    regs.w(QUEUE_NUM, 256);
+    regs.w(QUEUE_DESC_LOW, IOVA as u32);
+    regs.w(QUEUE_DESC_HIGH, (IOVA >> 32) as u32);
+    regs.w(QUEUE_DRIVER_LOW, (IOVA + 0x1000) as u32);
+    regs.w(QUEUE_DRIVER_HIGH, (IOVA >> 32) as u32);
+    regs.w(QUEUE_DEVICE_LOW, (IOVA + 0x2000) as u32);
+    regs.w(QUEUE_DEVICE_HIGH, (IOVA >> 32) as u32);
+    regs.w(QUEUE_READY, 1);
+    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    assert_ne!(regs.r(STATUS) & DEVICE_NEEDS_RESET, 0);
+    s.expect_fault_report(IOVA, ev::READ, reason::DOMAIN);
+    let g = s.gup.stats();
+    assert_eq!((g.pins_outstanding, g.longterm_pages), (0, 0), "{g:?}");
+}
+
+#[test]
+fn a_reset_while_a_request_is_parked() {
+    let mut s = Sva::new(18, Duration::from_secs(10));
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+    // The thread names itself once it runs.
+    let t0 = Instant::now();
+    while !thread_names().iter().any(|n| n == "virtio-blk18") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no worker thread");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let a = DATA_VA;
+    s.lazy_page(a);
+    s.read_req(0, 0, a, 512);
+    let g = s.expect_page_request(a, ev::WRITE);
+    assert_eq!(s.gup.stats().longterm_pages, 3);
+    let t0 = Instant::now();
+    s.disk_regs().w(STATUS, 0);
+    assert!(t0.elapsed() < Duration::from_secs(5), "the reset returned");
+    // Joined; its /proc entry may linger a moment after the join.
+    while thread_names().iter().any(|n| n == "virtio-blk18") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the worker thread stopped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The late answer finds nothing outstanding.
+    s.put64(Sva::pte_addr(a), s.frames[&a] | RW_USER);
+    assert_eq!(s.page_resp(g, 0), st::NOENT);
+    let ic = s.iommu_counters();
+    assert_eq!((ic.stray_responses, ic.responses), (1, [0, 0, 0]), "{ic:?}");
+    std::thread::sleep(Duration::from_millis(20));
+    s.nothing_used();
+    assert_eq!(s.status(0), 0xff, "never completed");
+    let g = s.gup.stats();
+    assert_eq!(
+        (g.pins_outstanding, g.gets_outstanding, g.longterm_pages),
+        (0, 0, 0),
+        "{g:?}"
+    );
+    let c = s.counters();
+    assert_eq!((c.parked, c.resumed, c.errors_total()), (1, 0, 0), "{c:?}");
+    // The device starts again and the same request now works.
+    s.start_disk_ok();
+    let head = s.read_req(0, 6, a, 512);
+    s.used(head, 513);
+    assert_eq!(s.status(0), S_OK);
+    assert_eq!(s.read_va(a, 512), s.file.read(6 * 512, 512));
+    s.no_more_records();
+}
+
+#[test]
+fn an_iommu_reset_fails_parked_requests() {
+    let timeout = Duration::from_millis(300);
+    let mut s = Sva::new(19, timeout);
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+    let a = DATA_VA;
+    s.lazy_page(a);
+    let t0 = Instant::now();
+    let head = s.read_req(0, 0, a, 512);
+    let g = s.expect_page_request(a, ev::WRITE);
+    // The IOMMU resets (no domain, nothing outstanding) and the driver
+    // sets it up again.
+    s.iommu.w(STATUS, 0);
+    s.start_iommu();
+    // The old group is gone with the domain: not even attached.
+    assert_eq!(s.page_resp(g, 0), st::INVAL);
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    assert_eq!(
+        s.page_resp(g, 0),
+        st::NOENT,
+        "the group died with the reset"
+    );
+    // The parked request is never resumed: it fails at its deadline.
+    s.put64(Sva::pte_addr(a), s.frames[&a] | RW_USER);
+    s.used(head, 1);
+    assert!(t0.elapsed() >= timeout);
+    assert_eq!(s.status(0), S_IOERR);
+    s.expect_fault_report(a, ev::WRITE, reason::MAPPING);
+    let c = s.counters();
+    assert_eq!((c.parked, c.resumed), (1, 0), "{c:?}");
+    assert_eq!(c.error(ErrorClass::Translation), 1, "{c:?}");
+    assert_eq!(s.iommu_counters().timeouts, 1);
+    // The disk goes on through the new domain.
+    let head = s.read_req(1, 7, a, 512);
+    s.used(head, 513);
+    assert_eq!(s.status(1), S_OK);
+    assert_eq!(s.read_va(a, 512), s.file.read(7 * 512, 512));
+    s.no_more_records();
+}
