@@ -136,6 +136,9 @@ extern "C" {
     pub static boot_cpuid_ext_edx: u32;
     /// The page-directory-pointer table (entry 2 is the [`HIGH_ALIAS`]).
     pub static boot_pdpt: [u64; 512];
+    /// The PML4 (what CR3 holds: the guest's own page tables, which the
+    /// guest-virtual DMA scenarios attach to the IOMMU).
+    pub static boot_pml4: [u64; 512];
     /// A page aliased by the 4K test mappings.
     pub static mut test_page: [u64; 512];
     /// The IDT (256 gates of 16 bytes).
@@ -431,6 +434,7 @@ boot_tss:
        present, writable, user; 0x87 = the same plus PS (a 2M or 1G leaf). */
     .section .data.paging, "aw", @progbits
     .balign 4096
+    .globl boot_pml4
 boot_pml4:
     .quad boot_pdpt + 0x7
     .fill 511, 8, 0

@@ -142,11 +142,11 @@ fn walk(pml4: u64, va: u64) -> Option<(u64, u64)> {
     None
 }
 
-/// The guest's PML4 (what CR3 holds): the page right before `boot_pdpt`
-/// in the image, checked by its entry 0 pointing at `boot_pdpt`.
+/// The guest's PML4 (what CR3 holds), checked by its entry 0 pointing at
+/// `boot_pdpt`.
 fn find_pml4() -> Option<u64> {
     let pdpt = addr_of!(boot::boot_pdpt) as u64;
-    let pml4 = pdpt.checked_sub(4096)?;
+    let pml4 = addr_of!(boot::boot_pml4) as u64;
     (load(pml4) & (pte::ADDR | pte::P) == pdpt | pte::P).then_some(pml4)
 }
 
@@ -762,7 +762,7 @@ fn scenarios(ctx: &mut Ctx, ifound: &Found, disk: Option<Found>, frame_2m: u64) 
     request_errors(ctx);
     let Some(pml4) = find_pml4() else {
         ctx.check(
-            Err(msg(format_args!("boot_pdpt - 4K is not it"))),
+            Err(msg(format_args!("boot_pml4 does not point at boot_pdpt"))),
             format_args!("the guest's PML4"),
         );
         return;
