@@ -84,7 +84,7 @@ const USED: u64 = 0x3000;
 const BUF: u64 = 0x4000;
 const BUF_LEN: u64 = R0.1 - BUF;
 /// Disk size in sectors.
-const SECTORS: u64 = 256;
+pub const SECTORS: u64 = 256;
 /// Most blobs decoded.
 const MAX_BLOBS: usize = 48;
 /// Most available ring entries decoded.
@@ -133,7 +133,7 @@ thread_local! {
 
 /// The disk contents every case starts from (no zero bytes, so a zeroed
 /// sector is visible); built once.
-fn disk_image() -> &'static [u8] {
+pub fn disk_image() -> &'static [u8] {
     static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     IMAGE.get_or_init(|| {
         (0..SECTORS * 512)
@@ -142,7 +142,8 @@ fn disk_image() -> &'static [u8] {
     })
 }
 
-fn backing_file() -> PathBuf {
+/// This thread's backing file (removed when the thread ends).
+pub fn backing_file() -> PathBuf {
     FILE.with(|f| {
         f.borrow_mut()
             .get_or_insert_with(|| {
@@ -164,15 +165,20 @@ fn backing_file() -> PathBuf {
 
 /// One descriptor as decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
+pub struct Desc {
+    /// Buffer address.
+    pub addr: u64,
+    /// Buffer length.
+    pub len: u32,
+    /// NEXT, WRITE, INDIRECT, ...
+    pub flags: u16,
+    /// Next descriptor index.
+    pub next: u16,
 }
 
 impl Desc {
-    fn encode(&self) -> [u8; 16] {
+    /// The 16 bytes of the descriptor table entry.
+    pub fn encode(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[0..8].copy_from_slice(&self.addr.to_le_bytes());
         b[8..12].copy_from_slice(&self.len.to_le_bytes());

@@ -2,12 +2,13 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Replay the committed fuzz corpora (fuzz/corpus/walker/,
-//! fuzz/corpus/gup/ and fuzz/corpus/virtio_blk/) through the fuzz targets'
-//! bodies, so `cargo test` keeps every input the fuzzer found interesting
-//! passing. Set `FUZZ_REPLAY=<file or directory>` (walker),
-//! `FUZZ_REPLAY_GUP=<file or directory>` (gup) or
-//! `FUZZ_REPLAY_BLK=<file or directory>` (virtio_blk) to replay something
-//! else instead (e.g. a crash artifact), with its panic message.
+//! fuzz/corpus/gup/, fuzz/corpus/virtio_blk/ and fuzz/corpus/virtio_iommu/)
+//! through the fuzz targets' bodies, so `cargo test` keeps every input the
+//! fuzzer found interesting passing. Set `FUZZ_REPLAY=<file or directory>`
+//! (walker), `FUZZ_REPLAY_GUP=<file or directory>` (gup),
+//! `FUZZ_REPLAY_BLK=<file or directory>` (virtio_blk) or
+//! `FUZZ_REPLAY_IOMMU=<file or directory>` (virtio_iommu) to replay
+//! something else instead (e.g. a crash artifact), with its panic message.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -130,4 +131,16 @@ fn gup_corpus_replays() {
 fn virtio_blk_corpus_replays() {
     use integration_tests::fuzz_blk::{histogram, run};
     replay("virtio_blk", "FUZZ_REPLAY_BLK", run, |o| &o.log, histogram);
+}
+
+#[test]
+fn virtio_iommu_corpus_replays() {
+    use integration_tests::fuzz_iommu::{histogram, run};
+    replay(
+        "virtio_iommu",
+        "FUZZ_REPLAY_IOMMU",
+        run,
+        |o| &o.log,
+        histogram,
+    );
 }
