@@ -1285,3 +1285,121 @@ fn an_iommu_reset_fails_parked_requests() {
     assert_eq!(s.read_va(a, 512), s.file.read(7 * 512, 512));
     s.no_more_records();
 }
+
+#[test]
+fn several_parked_requests_answered_out_of_order_and_a_pool_transfer() {
+    let mut s = Sva::new(20, Duration::from_secs(10));
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+    // Three reads into three lazy pages: three page requests, answered in
+    // reverse order.
+    let pages: Vec<u64> = (0..3).map(|i| DATA_VA + i * 0x1_0000).collect();
+    let mut heads = Vec::new();
+    let mut groups = Vec::new();
+    for (i, &va) in pages.iter().enumerate() {
+        s.lazy_page(va);
+        heads.push(s.read_req(i as u64, 10 + i as u64, va, 512));
+        groups.push(s.expect_page_request(va, ev::WRITE));
+    }
+    let distinct: std::collections::BTreeSet<u16> = groups.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "distinct groups while outstanding");
+    s.nothing_used();
+    for i in (0..3).rev() {
+        let va = pages[i];
+        s.put64(Sva::pte_addr(va), s.frames[&va] | RW_USER);
+        let g = groups[i];
+        assert_eq!(s.page_resp(g, 0), st::OK);
+        s.used(heads[i], 513);
+        assert_eq!(s.status(i as u64), S_OK);
+        assert_eq!(s.read_va(va, 512), s.file.read((10 + i as u64) * 512, 512));
+    }
+
+    // A transfer large enough for the I/O threads (128K), one of its 32
+    // pages lazily mapped.
+    let big = DATA_VA + 0x4_0000;
+    let lazy = big + 17 * PAGE;
+    for i in 0..32 {
+        s.map_page(big + i * PAGE, RW_USER);
+    }
+    s.lazy_page(lazy);
+    let head = s.read_req(5, 128, big, 32 * PAGE);
+    let g = s.expect_page_request(lazy, ev::WRITE);
+    s.nothing_used();
+    s.put64(Sva::pte_addr(lazy), s.frames[&lazy] | RW_USER);
+    assert_eq!(s.page_resp(g, 0), st::OK);
+    s.used(head, 32 * 4096 + 1);
+    assert_eq!(s.status(5), S_OK);
+    assert_eq!(s.read_va(big, 32 * 4096), s.file.read(128 * 512, 32 * 4096));
+    for i in 0..32 {
+        assert_eq!(ad(s.pte(big + i * PAGE)), (true, true), "page {i}");
+    }
+    let c = s.counters();
+    assert_eq!(
+        (c.parked, c.resumed, c.reads, c.errors_total()),
+        (4, 4, 4, 0),
+        "{c:?}"
+    );
+    assert_eq!(s.iommu_counters().responses, [4, 0, 0]);
+    s.no_more_records();
+    let g = s.gup.stats();
+    assert_eq!(g.pins_outstanding, 3, "only the ring pins: {g:?}");
+}
+
+#[test]
+fn buffers_straddling_4k_2m_and_1g_leaves() {
+    use guest_mm::paging::entry::PTE_PS;
+    /// The 2M leaf after the window's page table, and the one before the
+    /// 1G leaf (both at 2M-aligned frames), and the 1G leaf at GPA 0.
+    const LEAF_2M_A: u64 = 0x1a0_0000;
+    const LEAF_2M_B: u64 = 0x1c0_0000;
+    let mut s = Sva::new(21, Duration::from_secs(10));
+    // PD[1]: VA + 2M -> LEAF_2M_A; PD[511]: VA + 1G - 2M -> LEAF_2M_B;
+    // PDPT[1]: VA + 1G -> 0 (1G).
+    s.put64(PD + 8, LEAF_2M_A | PTE_PS | RW_USER);
+    s.put64(PD + 8 * 511, LEAF_2M_B | PTE_PS | RW_USER);
+    s.put64(PDPT + 8, PTE_PS | RW_USER);
+    assert_eq!(s.attach_table(tf::PRI), st::OK);
+    s.start_disk_ok();
+
+    // 4K -> 2M: the last page of the window's table, then the 2M leaf.
+    let at = VA + 2 * MIB - PAGE;
+    let small = s.map_page(at, RW_USER);
+    let head = s.read_req(0, 60, at, 2 * PAGE);
+    s.used(head, 2 * 4096 + 1);
+    assert_eq!(s.status(0), S_OK);
+    let want = s.file.read(60 * 512, 2 * 4096);
+    assert_eq!(s.bq.read(small, 4096), &want[..4096]);
+    assert_eq!(s.bq.read(LEAF_2M_A, 4096), &want[4096..]);
+    assert_eq!(ad(s.pte(at)), (true, true));
+    assert_eq!(ad(s.get64(PD + 8)), (true, true), "2M leaf written");
+
+    // 2M -> 1G: the last page of a 2M leaf, then the 1G leaf (GPA 0).
+    let at = VA + (1 << 30) - PAGE;
+    let bytes = pattern(33, 2 * 4096);
+    s.bq.write(LEAF_2M_B + 2 * MIB - PAGE, &bytes[..4096]);
+    s.bq.write(0, &bytes[4096..]);
+    let head = s.write_req(1, 70, at, 2 * PAGE);
+    s.used(head, 1);
+    assert_eq!(s.status(1), S_OK);
+    assert_eq!(s.file.read(70 * 512, 2 * 4096), bytes);
+    assert_eq!(
+        ad(s.get64(PD + 8 * 511)),
+        (true, false),
+        "2M leaf only read"
+    );
+    assert_eq!(ad(s.get64(PDPT + 8)), (true, false), "1G leaf only read");
+    // And the device writes through the 1G leaf (a page inside RAM).
+    let at = VA + (1 << 30) + 0x1d0_0000;
+    let head = s.read_req(2, 80, at, 4096);
+    s.used(head, 4097);
+    assert_eq!(s.status(2), S_OK);
+    assert_eq!(s.bq.read(0x1d0_0000, 4096), s.file.read(80 * 512, 4096));
+    assert_eq!(ad(s.get64(PDPT + 8)), (true, true), "1G leaf written");
+    let c = s.counters();
+    assert_eq!(
+        (c.reads, c.writes, c.errors_total(), c.parked),
+        (2, 1, 0, 0),
+        "{c:?}"
+    );
+    s.no_more_records();
+}
