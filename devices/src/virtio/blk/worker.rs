@@ -242,8 +242,14 @@ impl BlockQueue {
         let mut i = 0;
         while i < self.parked.len() {
             let (group, deadline) = (self.parked[i].group, self.parked[i].deadline);
+            let mut forgotten = false;
             let answer = match ep.response(group) {
                 Some(r) => Some(r),
+                // The IOMMU was reset: no answer will ever come.
+                None if !ep.known(group) => {
+                    forgotten = true;
+                    None
+                }
                 None if now >= deadline => {
                     ep.abandon(group);
                     ep.timed_out();
@@ -274,6 +280,7 @@ impl BlockQueue {
                     match answer {
                         Some(Response::Invalid) => "refused (INVALID)",
                         Some(Response::Failure) => "refused (FAILURE)",
+                        _ if forgotten => "the IOMMU was reset",
                         _ => "no response in time",
                     }
                 ),

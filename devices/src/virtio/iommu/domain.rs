@@ -447,6 +447,12 @@ impl Endpoint {
         self.shared.events.take_response(self.id, group)
     }
 
+    /// Whether page request `group` is still known to the IOMMU (false once
+    /// an IOMMU reset forgot it: it will never be answered).
+    pub fn known(&self, group: u16) -> bool {
+        self.shared.events.known(self.id, group)
+    }
+
     /// Gives up on page request `group` (timed out, or the device reset).
     pub fn abandon(&self, group: u16) {
         self.shared.events.abandon(self.id, group);

@@ -252,18 +252,29 @@ impl Events {
         Some(r)
     }
 
+    /// Whether `group` is still known (outstanding or answered and not
+    /// taken); false after the IOMMU's reset forgot it.
+    pub fn known(&self, endpoint: u32, group: u16) -> bool {
+        self.lock().outstanding.contains_key(&(endpoint, group))
+    }
+
     /// Forgets `group` (timed out, or its device reset).
     pub fn abandon(&self, endpoint: u32, group: u16) {
         self.lock().outstanding.remove(&(endpoint, group));
     }
 
-    /// Drops every waiting record and outstanding request (IOMMU reset).
+    /// Drops every waiting record and outstanding request (IOMMU reset),
+    /// and wakes every endpoint's device: its parked requests fail now.
     pub fn clear(&self) {
         let mut g = self.lock();
         g.pending.clear();
         g.reports = 0;
         g.report_in_flight = false;
         g.outstanding.clear();
+        drop(g);
+        for evt in self.responses.values() {
+            let _ = evt.write(1);
+        }
     }
 
     /// Page requests not answered yet.
