@@ -710,6 +710,13 @@ fn doc_record(ep: u32, f: &DmaFault, group: Option<u16>) -> [u8; 24] {
 /// A disk chain in flight.
 struct Chain {
     writable: u64,
+    /// The harness's generation when it was submitted.
+    gen: u64,
+    /// Where the status byte lands (at submission), if it translates to RAM.
+    status: Option<u64>,
+    /// Used length of an OK completion; `None` for a chain the device
+    /// cannot take apart (used length 0).
+    ok_len: Option<u32>,
 }
 
 /// The disk behind endpoint 2.
@@ -742,6 +749,9 @@ struct Harness<'a> {
     /// Page-request groups of the disk's endpoint seen on the event queue.
     blk_groups: Vec<u16>,
     held: Vec<Pinned>,
+    /// Bumped by every change to a translation (requests that succeed,
+    /// table writes).
+    gen: u64,
     /// Pins the disk's rings hold.
     baseline: i64,
     disk: Option<Disk>,
@@ -1075,6 +1085,7 @@ impl Harness<'_> {
         };
         if ok {
             self.tag(format!("ok {kind}"));
+            self.gen += 1;
             self.model.apply(&req);
         } else {
             self.tag(format!("status {st} type {kind}"));
@@ -1661,6 +1672,18 @@ impl Harness<'_> {
             }
         }
         descs.push((siova, 1, 2));
+        let status = match self.model.route(&self.mem, BLK_EP, siova, true) {
+            Ok((g, _)) if in_ram(g, 1) => Some(g),
+            _ => None,
+        };
+        let ok_len = descs
+            .iter()
+            .all(|d| d.0.checked_add(u64::from(d.1)).is_some())
+            .then_some(match kind {
+                0 => len + 1,
+                8 => len.min(20) + 1,
+                _ => 1,
+            });
         let Some(disk) = self.disk.as_mut() else {
             return;
         };
@@ -1679,7 +1702,15 @@ impl Harness<'_> {
             );
         }
         disk.ring.publish(&self.mem, head);
-        disk.inflight.insert(head, Chain { writable });
+        disk.inflight.insert(
+            head,
+            Chain {
+                writable,
+                gen: self.gen,
+                status,
+                ok_len,
+            },
+        );
         let _ = writeln!(
             self.log,
             "blk chain {head}: type {kind} header {hiova:#x} data {diova:#x}+{len:#x} status {siova:#x}"
@@ -1698,12 +1729,43 @@ impl Harness<'_> {
         }
         let parked = disk.bq.parked();
         let mut errors = Vec::new();
+        let alone = done.len() == 1;
         for &(id, len) in &done {
             match u16::try_from(id)
                 .ok()
                 .and_then(|h| disk.inflight.remove(&h))
             {
-                Some(c) if u64::from(len) <= c.writable => {}
+                Some(c) if u64::from(len) <= c.writable => {
+                    // The status byte, when nothing else may have written
+                    // there and no translation changed since submission.
+                    if !alone || c.gen != self.gen {
+                        continue;
+                    }
+                    let b = c
+                        .status
+                        .map(|g| self.mem.read_obj::<u8>(GuestAddress(g)).unwrap_or(0xff));
+                    let _ = writeln!(self.log, "blk chain {id}: status {b:?}");
+                    match (c.ok_len, b) {
+                        (None, _) if len != 0 => {
+                            errors.push(format!("chain {id}: malformed, used length {len}"))
+                        }
+                        (Some(_), None) if len != 0 => errors.push(format!(
+                            "chain {id}: used length {len}, the status byte does not translate"
+                        )),
+                        (Some(_), Some(_)) if len == 0 => errors.push(format!(
+                            "chain {id}: used length 0, the status byte translates"
+                        )),
+                        (Some(n), Some(0)) if len != n => errors.push(format!(
+                            "chain {id}: OK with used length {len}, {n} expected"
+                        )),
+                        (Some(_), Some(s)) if s > 2 => {
+                            errors.push(format!("chain {id}: status {s}"))
+                        }
+                        _ => {
+                            self.tags.insert(format!("blk status {b:?}"));
+                        }
+                    }
+                }
                 Some(c) => errors.push(format!(
                     "chain {id}: used length {len} > {} writable",
                     c.writable
@@ -1813,6 +1875,7 @@ pub fn run(data: &[u8]) -> Outcome {
         delivered: 0,
         blk_groups: Vec::new(),
         held: Vec::new(),
+        gen: 0,
         baseline: 0,
         disk: None,
         requests: 0,
@@ -1855,8 +1918,12 @@ pub fn run(data: &[u8]) -> Outcome {
                 let w = h.writable(kind == doc::PROBE);
                 h.request(req, w);
             }
-            8 | 9 => h.write_entries(),
+            8 | 9 => {
+                h.gen += 1;
+                h.write_entries();
+            }
             10 => {
+                h.gen += 1;
                 let at = TABLES + (u64::from(h.inp.u16()) % (TABLE_PAGES << 12));
                 let n = usize::from(h.inp.u8()) % 64;
                 let bytes = h.inp.bytes(n);
