@@ -1088,7 +1088,11 @@ impl Harness<'_> {
             self.gen += 1;
             self.model.apply(&req);
         } else {
-            self.tag(format!("status {st} type {kind}"));
+            if matches!(kind, 1..=6 | 8) {
+                self.tag(format!("status {st} type {kind}"));
+            } else {
+                self.tag(format!("status {st} unknown type"));
+            }
             self.failed += 1;
         }
         // Properties: PROBE's that succeeded; zero otherwise.
@@ -1245,7 +1249,10 @@ impl Harness<'_> {
             "translate ep {ep} {iova:#x} write {write}: device {got:?}, model {want:?}"
         );
         match (&got, &want) {
-            (Ok(g), Ok((w, _))) if g == w => self.tag("translate ok"),
+            (Ok(g), Ok((w, _))) if g == w => {
+                let t = if self.is_table(ep) { "table" } else { "map" };
+                self.tag(format!("translate ok {t}"));
+            }
             (Err(e), Err(x)) => {
                 if let Err(why) = check_error(e, x, write) {
                     fail!(self, "translate: {why}");
@@ -1308,7 +1315,10 @@ impl Harness<'_> {
             "pin ep {ep} [{iova:#x}, +{len:#x}) write {write}: device {got:?} {pieces:x?}, model {want:x?}"
         );
         match (&got, &want) {
-            (Ok(()), Ok(w)) if *w == pieces => self.tag("pin ok"),
+            (Ok(()), Ok(w)) if *w == pieces => {
+                let t = if self.is_table(ep) { "table" } else { "map" };
+                self.tag(format!("pin ok {t}"));
+            }
             (Err(e), Err(x)) => {
                 if let Err(why) = check_error(e, x, write) {
                     fail!(self, "pin: {why}");
