@@ -1263,7 +1263,10 @@ fn an_iommu_reset_fails_parked_requests() {
     // status untouched.
     s.iommu.w(STATUS, 0);
     s.used(head, 0);
-    assert!(t0.elapsed() < timeout, "failed at the reset, not the timeout");
+    assert!(
+        t0.elapsed() < timeout,
+        "failed at the reset, not the timeout"
+    );
     assert_eq!(s.status(0), 0xff);
     // The driver sets the IOMMU up again: the old group is gone with the
     // domain (not even attached), then unknown.

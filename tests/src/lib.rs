@@ -5,8 +5,8 @@
 
 pub mod fuzz_blk;
 pub mod fuzz_gup;
-pub mod fuzz_iommu;
 mod fuzz_input;
+pub mod fuzz_iommu;
 pub mod fuzz_walker;
 pub mod guest_exec;
 pub mod guest_report;
