@@ -1960,9 +1960,10 @@ pub fn run(data: &[u8]) -> Outcome {
         h.check_references();
     }
 
-    // The end: every record out, every pin dropped.
+    // The end: every record out (at most 64 reports and one page request
+    // per operation wait, 16 buffers a round), every pin dropped.
     h.held.clear();
-    for _ in 0..8 {
+    for _ in 0..64 {
         for slot in 0..QSIZE as usize {
             if !h.ev_posted[slot] {
                 h.post_one(slot, 24, 2);
