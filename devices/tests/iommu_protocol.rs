@@ -1142,6 +1142,41 @@ fn event_records_buffers_and_drops() {
     }
 }
 
+#[test]
+fn an_event_buffer_outside_ram_does_not_lose_the_record() {
+    let mut d = Dev::new(all_features());
+    let ep0 = d.ep(0);
+    assert_eq!(d.status(&attach(4, 0)), st::OK);
+    let f = fault_of(ep0.translate(&d.gup, 0x7123, true));
+    // A buffer in the hole between two RAM regions (the device cannot
+    // write it), then a good one; then a page request and a fault report.
+    let bad = d.eq.submit(&[w(HOLE, 64)]);
+    let good = d.post_events(2, 24);
+    let c = d.counters();
+    let g = ep0.page_request(&f);
+    ep0.report_fault(&f);
+    let used = d.events(3);
+    assert_eq!(
+        used,
+        vec![
+            (u32::from(bad), 0),
+            (u32::from(good[0].1), 24),
+            (u32::from(good[1].1), 24)
+        ],
+        "the unwritable buffer is returned empty, both records go on"
+    );
+    let rec = decode(&d.eq.read(good[0].0, 24));
+    assert_eq!(
+        (rec.flags & ev::PAGE_REQUEST, rec.group, rec.address),
+        (ev::PAGE_REQUEST, g, 0x7000),
+        "the page request is not lost"
+    );
+    let rec = decode(&d.eq.read(good[1].0, 24));
+    assert_eq!((rec.flags, rec.address), (ev::WRITE | ev::ADDRESS, 0x7123));
+    assert_eq!(d.counters().events_written - c.events_written, 2);
+    ep0.abandon(g);
+}
+
 /// Writes the page tables: PML4[1] -> PDPT[0] -> PD; PD[0] -> PT with
 /// PT[0] RW user, PT[1] RO user, PT[2] not present, PT[3] RW supervisor,
 /// PT[4..8] RW user; PD[1] a 2M RW user leaf. A and D clear everywhere.

@@ -268,13 +268,18 @@ impl IommuQueues {
                 break;
             };
             let head = chain.head_index();
-            let used = match Chain::from_descriptors(chain) {
+            let written = match Chain::from_descriptors(chain) {
                 Ok(c) if c.writable_len() >= rec.len() as u64 => {
-                    write_segments(&self.mem, &c.writable, &rec).unwrap_or(0)
+                    write_segments(&self.mem, &c.writable, &rec)
                 }
-                // A buffer too small for a record: returned empty, and the
-                // record waits for the next one.
-                _ => {
+                _ => None,
+            };
+            // A buffer too small for a record, or one the device cannot
+            // write (outside RAM): returned empty, and the record waits for
+            // the next one.
+            let used = match written {
+                Some(n) => n,
+                None => {
                     self.shared.events.unget(rec);
                     0
                 }
