@@ -1177,6 +1177,29 @@ fn an_event_buffer_outside_ram_does_not_lose_the_record() {
     ep0.abandon(g);
 }
 
+#[test]
+fn a_head_outside_the_queue_does_not_stall_the_chains_after_it() {
+    let mut d = Dev::new(all_features());
+    // Request queue: a head index no used entry can name, then a request,
+    // one notification for both.
+    let wr = REQ + 0x1000;
+    d.rq.write(REQ, &attach(2, 1).0);
+    d.rq.write(wr, &[0xa5; 4]);
+    d.rq.publish(QSIZE + 7);
+    let head = d.rq.submit(&[r(REQ, 20), w(wr, 4)]);
+    d.regs.w(QUEUE_NOTIFY, 0);
+    assert_eq!(wait_used(&mut d.rq, 1), vec![(u32::from(head), 4)]);
+    assert_eq!(d.rq.read(wr, 4), vec![st::OK, 0, 0, 0]);
+    // Event queue: the same before a good buffer, then a record.
+    let ep1 = d.ep(1);
+    let f = fault_of(ep1.translate(&d.gup, 0x5000, false));
+    d.eq.publish(QSIZE + 9);
+    let good = d.post_events(1, 24);
+    ep1.report_fault(&f);
+    assert_eq!(d.events(1), vec![(u32::from(good[0].1), 24)]);
+    assert_eq!(decode(&d.eq.read(good[0].0, 24)).address, 0x5000);
+}
+
 /// Writes the page tables: PML4[1] -> PDPT[0] -> PD; PD[0] -> PT with
 /// PT[0] RW user, PT[1] RO user, PT[2] not present, PT[3] RW supervisor,
 /// PT[4..8] RW user; PD[1] a 2M RW user leaf. A and D clear everywhere.

@@ -216,6 +216,11 @@ impl IommuQueues {
             };
             n += 1;
             let head = chain.head_index();
+            if head >= self.requests.size() {
+                // No used entry can name it: skipped, and the chains after
+                // it still run (the driver notified once for all of them).
+                continue;
+            }
             let used = match Chain::from_descriptors(chain) {
                 Ok(c) => self.run(&c),
                 Err(_) => 0,
@@ -268,6 +273,12 @@ impl IommuQueues {
                 break;
             };
             let head = chain.head_index();
+            if head >= self.events.size() {
+                // No used entry can name it: skipped, and the record goes
+                // to the next buffer.
+                self.shared.events.unget(rec);
+                continue;
+            }
             let written = match Chain::from_descriptors(chain) {
                 Ok(c) if c.writable_len() >= rec.len() as u64 => {
                     write_segments(&self.mem, &c.writable, &rec)
