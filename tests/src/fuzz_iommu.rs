@@ -79,19 +79,23 @@ const R0: (u64, u64) = (0, 0x8_0000);
 const R1: (u64, u64) = (0x10_0000, 0x2_0000);
 /// The hole between them.
 const HOLE: u64 = R0.1;
+/// RAM region 2, at 1 GiB: the rings and the requests' buffers, out of
+/// reach of the fuzzed translations (but for random 64-bit values), so
+/// the disk's DMA does not rewrite the queues the harness drives.
+const R2: (u64, u64) = (0x4000_0000, 0x1_0000);
 /// Request queue rings.
-const RQ: (u64, u64, u64) = (0x1000, 0x1100, 0x1200);
+const RQ: (u64, u64, u64) = (R2.0 + 0x1000, R2.0 + 0x1100, R2.0 + 0x1200);
 /// Event queue rings.
-const EQ: (u64, u64, u64) = (0x2000, 0x2100, 0x2200);
+const EQ: (u64, u64, u64) = (R2.0 + 0x2000, R2.0 + 0x2100, R2.0 + 0x2200);
 /// The disk's rings (identity-mapped in its domain at the start).
-const BQ: (u64, u64, u64) = (0x7000, 0x7100, 0x7200);
+const BQ: (u64, u64, u64) = (R2.0 + 0x7000, R2.0 + 0x7100, R2.0 + 0x7200);
 /// Readable parts of requests.
-const REQ_R: u64 = 0x3000;
+const REQ_R: u64 = R2.0 + 0x3000;
 /// Writable parts of requests (up to 0x2e00 bytes with the gaps).
-const REQ_W: u64 = 0x8000;
+const REQ_W: u64 = R2.0 + 0x8000;
 const REQ_W_LEN: u64 = 0x2e00;
 /// Event buffers, one per event queue descriptor.
-const EVBUF: u64 = 0x6000;
+const EVBUF: u64 = R2.0 + 0x6000;
 const EV_STRIDE: u64 = 64;
 /// Page-table pages.
 const TABLES: u64 = 0x1_0000;
@@ -173,7 +177,7 @@ fn in_ram(gpa: u64, len: u64) -> bool {
     let Some(end) = gpa.checked_add(len) else {
         return false;
     };
-    [R0, R1]
+    [R0, R1, R2]
         .iter()
         .any(|&(a, l)| gpa >= a && end <= a + l && len <= l)
 }
@@ -725,6 +729,8 @@ struct Disk {
     bq: BlockQueue,
     ring: Ring,
     inflight: BTreeMap<u16, Chain>,
+    /// The device found its ring corrupt (DMA rewrote it): no more chains.
+    broken: bool,
 }
 
 struct Harness<'a> {
@@ -1632,6 +1638,7 @@ impl Harness<'_> {
             bq,
             ring,
             inflight: BTreeMap::new(),
+            broken: false,
         });
         self.tag("disk");
     }
@@ -1646,7 +1653,7 @@ impl Harness<'_> {
             _ => 20,
         };
         let sector = u64::from(self.inp.u8());
-        let Some(disk) = self.disk.as_ref() else {
+        let Some(disk) = self.disk.as_ref().filter(|d| !d.broken) else {
             return;
         };
         let Some(head) = [0u16, 3, 6, 9, 12]
@@ -1729,10 +1736,27 @@ impl Harness<'_> {
     }
 
     fn blk_process(&mut self) {
-        let Some(disk) = self.disk.as_mut() else {
+        let Some(disk) = self.disk.as_mut().filter(|d| !d.broken) else {
             return;
         };
         disk.bq.process();
+        if disk.bq.is_broken() {
+            // Only when a chain's DMA rewrote the available ring.
+            let idx = self
+                .mem
+                .read_obj::<u16>(GuestAddress(BQ.1 + 2))
+                .map(u16::from_le);
+            if idx.ok() == Some(disk.ring.avail_idx) {
+                fail!(
+                    self,
+                    "the disk found its ring corrupt, as the driver wrote it"
+                );
+            }
+            disk.broken = true;
+            disk.inflight.clear();
+            self.tag("blk ring rewritten by DMA");
+            return;
+        }
         let mut done = Vec::new();
         while let Some(u) = disk.ring.pop_used(&self.mem) {
             done.push(u);
@@ -1838,7 +1862,11 @@ pub fn run(data: &[u8]) -> Outcome {
 
     let gup = Arc::new(
         Gup::anonymous(
-            &[(R0.0, R0.1 as usize), (R1.0, R1.1 as usize)],
+            &[
+                (R0.0, R0.1 as usize),
+                (R1.0, R1.1 as usize),
+                (R2.0, R2.1 as usize),
+            ],
             RegionOptions::default(),
         )
         .expect("engine"),
