@@ -1084,6 +1084,43 @@ fn success_without_mapping_gives_up_after_max_page_requests() {
 }
 
 #[test]
+fn a_driver_repeating_one_head_parks_at_most_a_queue_of_requests() {
+    // A broken or hostile driver publishes the same chain again and again:
+    // each copy is a request of its own. Without a bound, every copy
+    // parked on a page request of its own, and once 65536 were outstanding
+    // no group id was left (the IOMMU's group search never ended). A
+    // correct driver cannot have more requests outstanding than the queue
+    // has entries; the copies beyond that fail at once.
+    let mut s = Sva::new_sync(|s| assert_eq!(s.attach_table(tf::PRI), st::OK));
+    let a = DATA_VA;
+    s.lazy_page(a);
+    let head = s.read_req(0, 0, a, 512);
+    let q = u64::from(QSIZE);
+    let mut published = 1;
+    for round in 1..=2 {
+        while published < round * q {
+            s.bq.publish(head);
+            published += 1;
+        }
+        s.process();
+    }
+    s.bq.publish(head);
+    s.process();
+    let parked = match &s.disk {
+        Disk::Sync(bq) => bq.parked(),
+        _ => unreachable!(),
+    };
+    assert_eq!(parked, usize::from(QSIZE), "parked requests");
+    let used = wait_used(&mut s.bq, usize::from(QSIZE) + 1);
+    assert!(used.iter().all(|&u| u == (u32::from(head), 1)), "{used:?}");
+    assert_eq!(s.status(0), S_IOERR);
+    let c = s.counters();
+    assert_eq!(c.parked, q, "{c:?}");
+    assert_eq!(c.error(ErrorClass::Translation), q + 1, "{c:?}");
+    assert_eq!(s.iommu_counters().page_requests, q);
+}
+
+#[test]
 fn map_domains_translate_without_page_requests() {
     /// I/O virtual addresses of the MAP domain (outside RAM) and the
     /// guest-physical frames behind them.

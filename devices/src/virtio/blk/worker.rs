@@ -190,7 +190,12 @@ impl BlockQueue {
     fn start(&mut self, head: u16, chain: Chain, rounds: u32) -> Option<u32> {
         if let Some(fault) = self.prefault(&chain) {
             let ep = self.endpoint.clone()?;
-            if fault.requestable && rounds < MAX_PAGE_REQUESTS {
+            // At most a queue's worth parked: a correct driver cannot
+            // have more requests outstanding, and a driver publishing one
+            // head over and over must not park without bound (each parked
+            // request holds one of the endpoint's 65536 group ids).
+            let room = self.parked.len() < usize::from(self.queue.size());
+            if fault.requestable && rounds < MAX_PAGE_REQUESTS && room {
                 let group = ep.page_request(&fault);
                 self.stats.parked();
                 self.parked.push(Parked {
