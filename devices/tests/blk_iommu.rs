@@ -1084,6 +1084,24 @@ fn success_without_mapping_gives_up_after_max_page_requests() {
 }
 
 #[test]
+fn a_chain_longer_than_the_disk_is_refused_without_walking_it() {
+    // A 1 GiB read into unmapped pages: no valid request is that long for
+    // this disk, so the device does not walk (or page-request) its
+    // buffers; it refuses it as out of range.
+    let mut s = Sva::new_sync(|s| assert_eq!(s.attach_table(tf::PRI), st::OK));
+    let a = DATA_VA;
+    s.lazy_page(a);
+    let head = s.read_req(0, 0, a, 1 << 30);
+    s.process();
+    s.used(head, 1);
+    assert_eq!(s.status(0), S_IOERR);
+    let c = s.counters();
+    assert_eq!(c.parked, 0, "{c:?}");
+    assert_eq!(c.error(ErrorClass::OutOfRange), 1, "{c:?}");
+    assert_eq!(s.iommu_counters().page_requests, 0);
+}
+
+#[test]
 fn a_driver_repeating_one_head_parks_at_most_a_queue_of_requests() {
     // A broken or hostile driver publishes the same chain again and again:
     // each copy is a request of its own. Without a bound, every copy

@@ -640,6 +640,9 @@ impl VcpuAgent {
                     return Ok(());
                 }
                 None => {
+                    // The `out` is complete now (RIP is past it on any
+                    // KVM): the reply must not put the guest back on it.
+                    regs.rip = after;
                     self.guard = RestartGuard::default();
                     outcome = Outcome::error(status::NO_RESTART, inj.cr2);
                 }

@@ -216,6 +216,19 @@ impl BlockQueue {
     /// The first translation fault of the chain's buffers, behind the IOMMU.
     fn prefault(&self, chain: &Chain) -> Option<DmaFault> {
         let ep = self.endpoint.as_ref()?;
+        // A chain longer than the disk (plus room for the header, status,
+        // ID and discard ranges) cannot be a valid request: `classify`
+        // refuses it without touching its buffers, so it is not walked
+        // here either (descriptors of up to 4 GiB each, over page tables
+        // that may map every page onto one frame, would make it long).
+        let limit = self
+            .disk
+            .capacity()
+            .saturating_mul(SECTOR_SIZE)
+            .saturating_add(1 << 16);
+        if chain.readable_len().saturating_add(chain.writable_len()) > limit {
+            return None;
+        }
         let mut scratch = Vec::new();
         for (segs, write) in [(&chain.readable, false), (&chain.writable, true)] {
             for s in segs {
