@@ -25,12 +25,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::iommu::*;
 use common::*;
 use devices::virtio::blk::worker::MAX_PAGE_REQUESTS;
 use devices::virtio::blk::{Block, BlockCounters, BlockQueue, BlockStats, ErrorClass};
 use devices::virtio::iommu::domain::{table_flags as tf, MAP_READ, MAP_WRITE};
 use devices::virtio::iommu::event::{flags as ev, reason, RECORD_LEN};
-use devices::virtio::iommu::request::{kind, status as st};
+use devices::virtio::iommu::request::status as st;
 use devices::virtio::iommu::{Iommu, IommuCounters, IommuHandle};
 use devices::virtio::mmio::*;
 use devices::virtio::status::*;
@@ -87,42 +88,6 @@ const FRAMES_TOP: u64 = 0x180_0000;
 
 /// Disk size in sectors.
 const SECTORS: u64 = 512;
-
-/// A decoded event record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Rec {
-    reason: u8,
-    group: u16,
-    flags: u32,
-    endpoint: u32,
-    pasid: u32,
-    address: u64,
-    /// The used length of its buffer.
-    len: u32,
-}
-
-/// An IOMMU request's bytes.
-struct B(Vec<u8>);
-
-impl B {
-    fn new(kind: u8, len: usize) -> Self {
-        let mut v = vec![0u8; len];
-        v[0] = kind;
-        B(v)
-    }
-    fn u16(mut self, at: usize, v: u16) -> Self {
-        self.0[at..at + 2].copy_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u32(mut self, at: usize, v: u32) -> Self {
-        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(mut self, at: usize, v: u64) -> Self {
-        self.0[at..at + 8].copy_from_slice(&v.to_le_bytes());
-        self
-    }
-}
 
 /// The disk side: its transport (worker thread) or its queue driven here.
 enum Disk {
@@ -204,6 +169,15 @@ impl Sva {
         s
     }
 
+    /// [`Sva::new`] with the window's tables attached (with PRI) and the
+    /// disk started.
+    fn started(index: usize, timeout: Duration) -> Self {
+        let mut s = Sva::new(index, timeout);
+        assert_eq!(s.attach_table(tf::PRI), st::OK);
+        s.start_disk_ok();
+        s
+    }
+
     /// The IOMMU started, the tables and rings set up, and the disk device
     /// (not placed yet).
     fn base(index: usize, timeout: Duration) -> (Sva, Block) {
@@ -250,23 +224,14 @@ impl Sva {
         self.rq = Driver::standard(self.mem.clone());
         self.eq = Driver::new(self.mem.clone(), QSIZE, EDESC, EAVAIL, EUSED);
         let r = &mut self.iommu;
-        r.w(STATUS, 0);
-        r.w(STATUS, ACKNOWLEDGE);
-        r.w(STATUS, ACKNOWLEDGE | DRIVER);
-        r.set_driver_features(IommuHandle::offered_features());
-        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_ne!(r.r(STATUS) & FEATURES_OK, 0, "IOMMU FEATURES_OK refused");
+        assert!(
+            r.negotiate(IommuHandle::offered_features()),
+            "IOMMU FEATURES_OK refused"
+        );
         for (i, drv) in [&self.rq, &self.eq].into_iter().enumerate() {
             r.w(QUEUE_SEL, i as u32);
             r.w(QUEUE_NUM, u32::from(drv.size));
-            for (lo, addr) in [
-                (QUEUE_DESC_LOW, drv.desc),
-                (QUEUE_DRIVER_LOW, drv.avail),
-                (QUEUE_DEVICE_LOW, drv.used),
-            ] {
-                r.w(lo, addr as u32);
-                r.w(lo + 4, (addr >> 32) as u32);
-            }
+            r.set_rings(drv.desc, drv.avail, drv.used);
             r.w(QUEUE_READY, 1);
         }
         r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
@@ -353,6 +318,12 @@ impl Sva {
         f
     }
 
+    /// The guest maps a lazy page of [`Sva::lazy_page`]: its entry
+    /// present, writable, user, pointing at its frame.
+    fn make_present(&mut self, va: u64) {
+        self.put64(Sva::pte_addr(va), self.frames[&va] | RW_USER);
+    }
+
     fn pte(&self, va: u64) -> u64 {
         self.get64(Sva::pte_addr(va))
     }
@@ -397,61 +368,33 @@ impl Sva {
 
     /// ATTACH_TABLE of the window's tables to [`DOM`] with `flags`.
     fn attach_table(&mut self, flags: u64) -> u8 {
-        let req = B::new(kind::ATTACH_TABLE, 44)
-            .u32(4, DOM)
-            .u32(8, EP)
-            .u16(16, 4)
-            .u64(24, PML4)
-            .u64(32, flags)
-            .u32(40, 48);
-        self.iommu_req(&req)
+        self.iommu_req(&attach_table(DOM, EP, PML4, flags))
     }
 
     fn attach(&mut self, domain: u32) -> u8 {
-        self.iommu_req(&B::new(kind::ATTACH, 20).u32(4, domain).u32(8, EP))
+        self.iommu_req(&attach(domain, EP))
     }
 
     fn detach(&mut self, domain: u32) -> u8 {
-        self.iommu_req(&B::new(kind::DETACH, 20).u32(4, domain).u32(8, EP))
+        self.iommu_req(&detach(domain, EP))
     }
 
     /// MAP of `[start, end]` (inclusive) to `phys`.
     fn map(&mut self, domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> u8 {
-        let req = B::new(kind::MAP, 36)
-            .u32(4, domain)
-            .u64(8, start)
-            .u64(16, end)
-            .u64(24, phys)
-            .u32(32, flags);
-        self.iommu_req(&req)
+        self.iommu_req(&map(domain, start, end, phys, flags))
     }
 
     /// PAGE_RESP for `group` of [`EP`] in [`DOM`].
     fn page_resp(&mut self, group: u16, code: u16) -> u8 {
-        let req = B::new(kind::PAGE_RESP, 28)
-            .u32(4, DOM)
-            .u32(8, EP)
-            .u32(20, u32::from(group))
-            .u16(24, code);
-        self.iommu_req(&req)
+        self.iommu_req(&page_resp(DOM, EP, u32::from(group), code))
     }
 
     /// The next event record (waits for it), its buffer posted again.
-    fn record(&mut self) -> Rec {
+    fn record(&mut self) -> Record {
         let (head, len) = wait_used(&mut self.eq, 1)[0];
         let b = self.eq.read(EVBUF + 64 * u64::from(head), RECORD_LEN);
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let rec = Rec {
-            reason: b[0],
-            group: u16::from_le_bytes([b[2], b[3]]),
-            flags: u32_at(4),
-            endpoint: u32_at(8),
-            pasid: u32_at(12),
-            address: u64::from_le_bytes(b[16..24].try_into().unwrap()),
-            len,
-        };
-        assert_eq!(rec.len as usize, RECORD_LEN, "{rec:?}");
-        assert_eq!(b[1], 0, "reserved byte of {rec:?}");
+        let rec = decode(&b);
+        assert_eq!(len as usize, RECORD_LEN, "used length of {rec:?}");
         assert_eq!(rec.endpoint, EP, "{rec:?}");
         assert_eq!(rec.pasid, 0, "{rec:?}");
         self.records += 1;
@@ -517,6 +460,13 @@ impl Sva {
     /// window's addresses. Returns the Status register, or `None` when
     /// FEATURES_OK was refused.
     fn start_disk(&mut self, features: u64) -> Option<u32> {
+        self.start_disk_at(features, RING_DESC, RING_AVAIL, RING_USED)
+    }
+
+    /// [`Sva::start_disk`] telling the device the rings are at the I/O
+    /// virtual addresses `desc`, `avail`, `used` (`self.bq` keeps its
+    /// guest-physical ones, its rings zeroed again).
+    fn start_disk_at(&mut self, features: u64, desc: u64, avail: u64, used: u64) -> Option<u32> {
         self.bq = Driver::new(
             self.mem.clone(),
             QSIZE,
@@ -525,24 +475,12 @@ impl Sva {
             self.bq.used,
         );
         let r = self.disk_regs();
-        r.w(STATUS, 0);
-        r.w(STATUS, ACKNOWLEDGE);
-        r.w(STATUS, ACKNOWLEDGE | DRIVER);
-        r.set_driver_features(features);
-        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        if r.r(STATUS) & FEATURES_OK == 0 {
+        if !r.negotiate(features) {
             return None;
         }
         r.w(QUEUE_SEL, 0);
         r.w(QUEUE_NUM, u32::from(QSIZE));
-        for (lo, addr) in [
-            (QUEUE_DESC_LOW, RING_DESC),
-            (QUEUE_DRIVER_LOW, RING_AVAIL),
-            (QUEUE_DEVICE_LOW, RING_USED),
-        ] {
-            r.w(lo, addr as u32);
-            r.w(lo + 4, (addr >> 32) as u32);
-        }
+        r.set_rings(desc, avail, used);
         r.w(QUEUE_READY, 1);
         r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         Some(r.r(STATUS))
@@ -826,9 +764,7 @@ fn rings_that_do_not_translate_need_a_reset() {
 
 #[test]
 fn lazily_mapped_buffers_are_requested_and_resumed() {
-    let mut s = Sva::new(13, Duration::from_secs(10));
-    assert_eq!(s.attach_table(tf::PRI), st::OK);
-    s.start_disk_ok();
+    let mut s = Sva::started(13, Duration::from_secs(10));
 
     // A read into a page that is not mapped yet.
     let lazy = DATA_VA;
@@ -850,7 +786,7 @@ fn lazily_mapped_buffers_are_requested_and_resumed() {
     // (Counted before the worker took the second request.)
     assert_eq!(s.counters().parked, 1);
     // The guest maps the page and answers.
-    s.put64(Sva::pte_addr(lazy), s.frames[&lazy] | RW_USER);
+    s.make_present(lazy);
     assert_eq!(s.page_resp(g_lazy, 0), st::OK);
     s.used(parked, 4097);
     assert_eq!(s.status(0), S_OK);
@@ -873,7 +809,7 @@ fn lazily_mapped_buffers_are_requested_and_resumed() {
         assert!(!groups.contains(&g), "group {g} reused while outstanding");
         groups.push(g);
         s.nothing_used();
-        s.put64(Sva::pte_addr(va), s.frames[&va] | RW_USER);
+        s.make_present(va);
         assert_eq!(s.page_resp(g, 0), st::OK);
     }
     s.used(head, 1);
@@ -909,9 +845,7 @@ fn lazily_mapped_buffers_are_requested_and_resumed() {
 
 #[test]
 fn refused_page_requests_fail_the_request() {
-    let mut s = Sva::new(14, Duration::from_secs(10));
-    assert_eq!(s.attach_table(tf::PRI), st::OK);
-    s.start_disk_ok();
+    let mut s = Sva::started(14, Duration::from_secs(10));
     let translation = |s: &Sva| s.counters().error(ErrorClass::Translation);
 
     // INVALID: IOERR, and a fault report for the page.
@@ -955,7 +889,7 @@ fn refused_page_requests_fail_the_request() {
     assert_eq!(s.attach_table(tf::PRI), st::OK);
     let head = s.read_req(2, 9, c, 512);
     let g = s.expect_page_request(c, ev::WRITE);
-    s.put64(Sva::pte_addr(c), s.frames[&c] | RW_USER);
+    s.make_present(c);
     assert_eq!(s.page_resp(g, 0), st::OK);
     s.used(head, 513);
     assert_eq!(s.status(2), S_OK);
@@ -978,9 +912,7 @@ fn refused_page_requests_fail_the_request() {
 #[test]
 fn an_unanswered_page_request_times_out() {
     let timeout = Duration::from_millis(300);
-    let mut s = Sva::new(15, timeout);
-    assert_eq!(s.attach_table(tf::PRI), st::OK);
-    s.start_disk_ok();
+    let mut s = Sva::started(15, timeout);
     let a = DATA_VA;
     s.lazy_page(a);
     let t0 = Instant::now();
@@ -1005,9 +937,7 @@ fn an_unanswered_page_request_times_out() {
 
 #[test]
 fn write_dma_into_a_read_only_page_asks_for_write_access() {
-    let mut s = Sva::new(16, Duration::from_secs(10));
-    assert_eq!(s.attach_table(tf::PRI), st::OK);
-    s.start_disk_ok();
+    let mut s = Sva::started(16, Duration::from_secs(10));
     let ro = DATA_VA;
     let frame = s.map_page(ro, PTE_P | PTE_US);
     let bytes = pattern(9, 4096);
@@ -1075,7 +1005,7 @@ fn success_without_mapping_gives_up_after_max_page_requests() {
     );
     s.no_more_records();
     // The same queue still works once the page is there.
-    s.put64(Sva::pte_addr(a), s.frames[&a] | RW_USER);
+    s.make_present(a);
     let head = s.read_req(0, 5, a, 512);
     s.process();
     s.used(head, 513);
@@ -1160,25 +1090,10 @@ fn map_domains_translate_without_page_requests() {
     // The rings at IOVA, +4K, +8K; headers at +12K, status at +16K.
     let (hdr, status) = (IOVA + 0x3000, IOVA + 0x4000);
     s.bq = Driver::new(s.mem.clone(), QSIZE, GPA, GPA + 0x1000, GPA + 0x2000);
-    let regs = s.disk_regs();
-    regs.w(STATUS, 0);
-    regs.w(STATUS, ACKNOWLEDGE | DRIVER);
-    regs.set_driver_features(disk_features());
-    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    regs.w(QUEUE_NUM, 256);
-    for (lo, addr) in [
-        (QUEUE_DESC_LOW, IOVA),
-        (QUEUE_DRIVER_LOW, IOVA + 0x1000),
-        (QUEUE_DEVICE_LOW, IOVA + 0x2000),
-    ] {
-        regs.w(lo, addr as u32);
-        regs.w(lo + 4, (addr >> 32) as u32);
-    }
-    regs.w(QUEUE_READY, 1);
-    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    let rings = |s: &mut Sva| s.start_disk_at(disk_features(), IOVA, IOVA + 0x1000, IOVA + 0x2000);
     assert_eq!(
-        regs.r(STATUS),
-        ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+        rings(&mut s),
+        Some(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
     );
     let g = |iova: u64| GPA + (iova - IOVA);
     let run = |s: &mut Sva, kind: u32, sector: u64, data: u64, len: u64| -> (u32, u8) {
@@ -1228,21 +1143,8 @@ fn map_domains_translate_without_page_requests() {
 
     // Detached before DRIVER_OK: DEVICE_NEEDS_RESET, a DOMAIN fault.
     assert_eq!(s.detach(MD), st::OK);
-    let regs = s.disk_regs();
-    regs.w(STATUS, 0);
-    regs.w(STATUS, ACKNOWLEDGE | DRIVER);
-    regs.set_driver_features(disk_features());
-    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    regs.w(QUEUE_NUM, 256);
-    regs.w(QUEUE_DESC_LOW, IOVA as u32);
-    regs.w(QUEUE_DESC_HIGH, (IOVA >> 32) as u32);
-    regs.w(QUEUE_DRIVER_LOW, (IOVA + 0x1000) as u32);
-    regs.w(QUEUE_DRIVER_HIGH, (IOVA >> 32) as u32);
-    regs.w(QUEUE_DEVICE_LOW, (IOVA + 0x2000) as u32);
-    regs.w(QUEUE_DEVICE_HIGH, (IOVA >> 32) as u32);
-    regs.w(QUEUE_READY, 1);
-    regs.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-    assert_ne!(regs.r(STATUS) & DEVICE_NEEDS_RESET, 0);
+    let st1 = rings(&mut s).expect("FEATURES_OK");
+    assert_ne!(st1 & DEVICE_NEEDS_RESET, 0, "status {st1:#x}");
     s.expect_fault_report(IOVA, ev::READ, reason::DOMAIN);
     let g = s.gup.stats();
     assert_eq!((g.pins_outstanding, g.longterm_pages), (0, 0), "{g:?}");
@@ -1250,9 +1152,7 @@ fn map_domains_translate_without_page_requests() {
 
 #[test]
 fn a_reset_while_a_request_is_parked() {
-    let mut s = Sva::new(18, Duration::from_secs(10));
-    assert_eq!(s.attach_table(tf::PRI), st::OK);
-    s.start_disk_ok();
+    let mut s = Sva::started(18, Duration::from_secs(10));
     // The thread names itself once it runs.
     let t0 = Instant::now();
     while !thread_names().iter().any(|n| n == "virtio-blk18") {
@@ -1276,7 +1176,7 @@ fn a_reset_while_a_request_is_parked() {
         std::thread::sleep(Duration::from_millis(1));
     }
     // The late answer finds nothing outstanding.
-    s.put64(Sva::pte_addr(a), s.frames[&a] | RW_USER);
+    s.make_present(a);
     assert_eq!(s.page_resp(g, 0), st::NOENT);
     let ic = s.iommu_counters();
     assert_eq!((ic.stray_responses, ic.responses), (1, [0, 0, 0]), "{ic:?}");
@@ -1303,9 +1203,7 @@ fn a_reset_while_a_request_is_parked() {
 #[test]
 fn an_iommu_reset_fails_parked_requests() {
     let timeout = Duration::from_millis(300);
-    let mut s = Sva::new(19, timeout);
-    assert_eq!(s.attach_table(tf::PRI), st::OK);
-    s.start_disk_ok();
+    let mut s = Sva::started(19, timeout);
     let a = DATA_VA;
     s.lazy_page(a);
     let t0 = Instant::now();
@@ -1340,7 +1238,7 @@ fn an_iommu_reset_fails_parked_requests() {
     // The page request's failure, and the status byte's.
     assert_eq!(c.error(ErrorClass::Translation), 2, "{c:?}");
     assert_eq!(s.iommu_counters().timeouts, 0);
-    s.put64(Sva::pte_addr(a), s.frames[&a] | RW_USER);
+    s.make_present(a);
     // The disk goes on through the new domain.
     let head = s.read_req(1, 7, a, 512);
     s.used(head, 513);
@@ -1351,9 +1249,7 @@ fn an_iommu_reset_fails_parked_requests() {
 
 #[test]
 fn several_parked_requests_answered_out_of_order_and_a_pool_transfer() {
-    let mut s = Sva::new(20, Duration::from_secs(10));
-    assert_eq!(s.attach_table(tf::PRI), st::OK);
-    s.start_disk_ok();
+    let mut s = Sva::started(20, Duration::from_secs(10));
     // Three reads into three lazy pages: three page requests, answered in
     // reverse order.
     let pages: Vec<u64> = (0..3).map(|i| DATA_VA + i * 0x1_0000).collect();
@@ -1369,7 +1265,7 @@ fn several_parked_requests_answered_out_of_order_and_a_pool_transfer() {
     s.nothing_used();
     for i in (0..3).rev() {
         let va = pages[i];
-        s.put64(Sva::pte_addr(va), s.frames[&va] | RW_USER);
+        s.make_present(va);
         let g = groups[i];
         assert_eq!(s.page_resp(g, 0), st::OK);
         s.used(heads[i], 513);
@@ -1388,7 +1284,7 @@ fn several_parked_requests_answered_out_of_order_and_a_pool_transfer() {
     let head = s.read_req(5, 128, big, 32 * PAGE);
     let g = s.expect_page_request(lazy, ev::WRITE);
     s.nothing_used();
-    s.put64(Sva::pte_addr(lazy), s.frames[&lazy] | RW_USER);
+    s.make_present(lazy);
     assert_eq!(s.page_resp(g, 0), st::OK);
     s.used(head, 32 * 4096 + 1);
     assert_eq!(s.status(5), S_OK);

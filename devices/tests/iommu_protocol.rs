@@ -17,10 +17,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::iommu::*;
 use common::*;
 use devices::virtio::iommu::domain::table_flags as tf;
 use devices::virtio::iommu::event::{flags as ev, reason, MAX_PENDING_REPORTS, RECORD_LEN};
-use devices::virtio::iommu::request::{kind, status as st, MAX_WRITABLE};
+use devices::virtio::iommu::request::{status as st, MAX_WRITABLE};
 use devices::virtio::iommu::{
     features as fb, DmaError, DmaFault, Endpoint, FaultReason, Iommu, IommuCounters, IommuHandle,
     Response, DEVICE_TYPE, PROBE_SIZE,
@@ -61,81 +62,6 @@ const MAXPHYADDR: u8 = 46;
 
 fn all_features() -> u64 {
     IommuHandle::offered_features()
-}
-
-/// A request body: little-endian fields at offsets.
-struct B(Vec<u8>);
-
-impl B {
-    fn new(kind: u8, len: usize) -> Self {
-        let mut v = vec![0u8; len];
-        v[0] = kind;
-        B(v)
-    }
-    fn u16(mut self, at: usize, v: u16) -> Self {
-        self.0[at..at + 2].copy_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u32(mut self, at: usize, v: u32) -> Self {
-        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(mut self, at: usize, v: u64) -> Self {
-        self.0[at..at + 8].copy_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn byte(mut self, at: usize, v: u8) -> Self {
-        self.0[at] = v;
-        self
-    }
-}
-
-fn attach(domain: u32, ep: u32) -> B {
-    B::new(kind::ATTACH, 20).u32(4, domain).u32(8, ep)
-}
-
-fn detach(domain: u32, ep: u32) -> B {
-    B::new(kind::DETACH, 20).u32(4, domain).u32(8, ep)
-}
-
-/// MAP of `[start, end]` (inclusive) to `phys`.
-fn map(domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> B {
-    B::new(kind::MAP, 36)
-        .u32(4, domain)
-        .u64(8, start)
-        .u64(16, end)
-        .u64(24, phys)
-        .u32(32, flags)
-}
-
-fn unmap(domain: u32, start: u64, end: u64) -> B {
-    B::new(kind::UNMAP, 28)
-        .u32(4, domain)
-        .u64(8, start)
-        .u64(16, end)
-}
-
-fn probe(ep: u32) -> B {
-    B::new(kind::PROBE, 72).u32(4, ep)
-}
-
-/// ATTACH_TABLE with format 4 and a 48-bit width.
-fn attach_table(domain: u32, ep: u32, pgd: u64, flags: u64) -> B {
-    B::new(kind::ATTACH_TABLE, 44)
-        .u32(4, domain)
-        .u32(8, ep)
-        .u16(16, 4)
-        .u64(24, pgd)
-        .u64(32, flags)
-        .u32(40, 48)
-}
-
-fn page_resp(domain: u32, ep: u32, group: u32, code: u16) -> B {
-    B::new(kind::PAGE_RESP, 28)
-        .u32(4, domain)
-        .u32(8, ep)
-        .u32(20, group)
-        .u16(24, code)
 }
 
 const R: u32 = 1;
@@ -184,12 +110,10 @@ impl Dev {
     /// rings), ending with DRIVER_OK.
     fn init(&mut self, features: u64) {
         let r = &mut self.regs;
-        r.w(STATUS, 0);
-        r.w(STATUS, ACKNOWLEDGE);
-        r.w(STATUS, ACKNOWLEDGE | DRIVER);
-        r.set_driver_features(features | 1 << F_VERSION_1);
-        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_ne!(r.r(STATUS) & FEATURES_OK, 0, "FEATURES_OK refused");
+        assert!(
+            r.negotiate(features | 1 << F_VERSION_1),
+            "FEATURES_OK refused"
+        );
         self.rq = Driver::standard(memory(&self.gup));
         self.eq = Driver::new(memory(&self.gup), QSIZE, EDESC, EAVAIL, EUSED);
         self.ev_slot = 0;
@@ -198,14 +122,7 @@ impl Dev {
             assert_eq!(r.r(QUEUE_READY), 0);
             assert_eq!(r.r(QUEUE_NUM_MAX), 256);
             r.w(QUEUE_NUM, u32::from(drv.size));
-            for (lo, addr) in [
-                (QUEUE_DESC_LOW, drv.desc),
-                (QUEUE_DRIVER_LOW, drv.avail),
-                (QUEUE_DEVICE_LOW, drv.used),
-            ] {
-                r.w(lo, addr as u32);
-                r.w(lo + 4, (addr >> 32) as u32);
-            }
+            r.set_rings(drv.desc, drv.avail, drv.used);
             r.w(QUEUE_READY, 1);
         }
         r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
@@ -304,29 +221,6 @@ fn one(t: usize, failed: bool) -> (u64, [u64; 9], u64) {
     let mut by = [0; 9];
     by[t] = 1;
     (1, by, u64::from(failed))
-}
-
-/// A decoded event record.
-#[derive(Debug, PartialEq, Eq)]
-struct Record {
-    reason: u8,
-    group: u16,
-    flags: u32,
-    endpoint: u32,
-    pasid: u32,
-    address: u64,
-}
-
-fn decode(b: &[u8]) -> Record {
-    assert_eq!(b[1], 0, "reserved byte of a record");
-    Record {
-        reason: b[0],
-        group: u16::from_le_bytes([b[2], b[3]]),
-        flags: u32::from_le_bytes(b[4..8].try_into().unwrap()),
-        endpoint: u32::from_le_bytes(b[8..12].try_into().unwrap()),
-        pasid: u32::from_le_bytes(b[12..16].try_into().unwrap()),
-        address: u64::from_le_bytes(b[16..24].try_into().unwrap()),
-    }
 }
 
 fn fault_of(r: Result<u64, DmaError>) -> DmaFault {

@@ -852,25 +852,40 @@ impl Regs {
     pub fn init_sized(&mut self, drv: &Driver, features: u64, queue_num: u32) -> u32 {
         use devices::virtio::mmio::*;
         use devices::virtio::status::*;
+        assert!(self.negotiate(features), "FEATURES_OK refused");
+        self.w(QUEUE_SEL, 0);
+        self.w(QUEUE_NUM, queue_num);
+        self.set_rings(drv.desc, drv.avail, drv.used);
+        self.w(QUEUE_READY, 1);
+        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        self.r(STATUS)
+    }
+
+    /// Reset, ACKNOWLEDGE, DRIVER, the driver features `features`, then
+    /// FEATURES_OK; returns whether the device kept FEATURES_OK set.
+    pub fn negotiate(&mut self, features: u64) -> bool {
+        use devices::virtio::mmio::STATUS;
+        use devices::virtio::status::*;
         self.w(STATUS, 0);
         self.w(STATUS, ACKNOWLEDGE);
         self.w(STATUS, ACKNOWLEDGE | DRIVER);
         self.set_driver_features(features);
         self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_ne!(self.r(STATUS) & FEATURES_OK, 0, "FEATURES_OK refused");
-        self.w(QUEUE_SEL, 0);
-        self.w(QUEUE_NUM, queue_num);
+        self.r(STATUS) & FEATURES_OK != 0
+    }
+
+    /// The selected queue's descriptor table, driver (available) and
+    /// device (used) ring addresses, low then high word of each.
+    pub fn set_rings(&mut self, desc: u64, avail: u64, used: u64) {
+        use devices::virtio::mmio::{QUEUE_DESC_LOW, QUEUE_DEVICE_LOW, QUEUE_DRIVER_LOW};
         for (lo, addr) in [
-            (QUEUE_DESC_LOW, drv.desc),
-            (QUEUE_DRIVER_LOW, drv.avail),
-            (QUEUE_DEVICE_LOW, drv.used),
+            (QUEUE_DESC_LOW, desc),
+            (QUEUE_DRIVER_LOW, avail),
+            (QUEUE_DEVICE_LOW, used),
         ] {
             self.w(lo, addr as u32);
             self.w(lo + 4, (addr >> 32) as u32);
         }
-        self.w(QUEUE_READY, 1);
-        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-        self.r(STATUS)
     }
 
     /// QueueNotify for queue 0.
@@ -987,5 +1002,125 @@ impl Rng {
     /// A number in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// virtio-iommu helpers shared by the IOMMU tests: request bodies
+/// ([`B`](iommu::B) and one constructor per request type) and event
+/// records ([`Record`](iommu::Record), [`decode`](iommu::decode)).
+pub mod iommu {
+    use devices::virtio::iommu::request::kind;
+
+    /// A request body: little-endian fields at offsets.
+    pub struct B(pub Vec<u8>);
+
+    impl B {
+        /// `len` zero bytes with the request type `kind` in byte 0.
+        pub fn new(kind: u8, len: usize) -> Self {
+            let mut v = vec![0u8; len];
+            v[0] = kind;
+            B(v)
+        }
+
+        /// `v` at byte `at`.
+        pub fn u16(mut self, at: usize, v: u16) -> Self {
+            self.0[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            self
+        }
+
+        /// `v` at byte `at`.
+        pub fn u32(mut self, at: usize, v: u32) -> Self {
+            self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            self
+        }
+
+        /// `v` at byte `at`.
+        pub fn u64(mut self, at: usize, v: u64) -> Self {
+            self.0[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            self
+        }
+
+        /// `v` at byte `at`.
+        pub fn byte(mut self, at: usize, v: u8) -> Self {
+            self.0[at] = v;
+            self
+        }
+    }
+
+    /// ATTACH of endpoint `ep` to `domain`.
+    pub fn attach(domain: u32, ep: u32) -> B {
+        B::new(kind::ATTACH, 20).u32(4, domain).u32(8, ep)
+    }
+
+    /// DETACH of endpoint `ep` from `domain`.
+    pub fn detach(domain: u32, ep: u32) -> B {
+        B::new(kind::DETACH, 20).u32(4, domain).u32(8, ep)
+    }
+
+    /// MAP of `[start, end]` (inclusive) to `phys`.
+    pub fn map(domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> B {
+        B::new(kind::MAP, 36)
+            .u32(4, domain)
+            .u64(8, start)
+            .u64(16, end)
+            .u64(24, phys)
+            .u32(32, flags)
+    }
+
+    /// UNMAP of `[start, end]` (inclusive).
+    pub fn unmap(domain: u32, start: u64, end: u64) -> B {
+        B::new(kind::UNMAP, 28)
+            .u32(4, domain)
+            .u64(8, start)
+            .u64(16, end)
+    }
+
+    /// PROBE of endpoint `ep`.
+    pub fn probe(ep: u32) -> B {
+        B::new(kind::PROBE, 72).u32(4, ep)
+    }
+
+    /// ATTACH_TABLE with format 4 and a 48-bit width.
+    pub fn attach_table(domain: u32, ep: u32, pgd: u64, flags: u64) -> B {
+        B::new(kind::ATTACH_TABLE, 44)
+            .u32(4, domain)
+            .u32(8, ep)
+            .u16(16, 4)
+            .u64(24, pgd)
+            .u64(32, flags)
+            .u32(40, 48)
+    }
+
+    /// PAGE_RESP for `group` of endpoint `ep` in `domain`.
+    pub fn page_resp(domain: u32, ep: u32, group: u32, code: u16) -> B {
+        B::new(kind::PAGE_RESP, 28)
+            .u32(4, domain)
+            .u32(8, ep)
+            .u32(20, group)
+            .u16(24, code)
+    }
+
+    /// A decoded event record.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Record {
+        pub reason: u8,
+        pub group: u16,
+        pub flags: u32,
+        pub endpoint: u32,
+        pub pasid: u32,
+        pub address: u64,
+    }
+
+    /// The record in `b` (at least 24 bytes); checks its reserved byte.
+    pub fn decode(b: &[u8]) -> Record {
+        assert_eq!(b[1], 0, "reserved byte of a record");
+        Record {
+            reason: b[0],
+            group: u16::from_le_bytes([b[2], b[3]]),
+            flags: u32::from_le_bytes(b[4..8].try_into().unwrap()),
+            endpoint: u32::from_le_bytes(b[8..12].try_into().unwrap()),
+            pasid: u32::from_le_bytes(b[12..16].try_into().unwrap()),
+            address: u64::from_le_bytes(b[16..24].try_into().unwrap()),
+        }
     }
 }
