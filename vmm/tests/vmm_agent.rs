@@ -12,19 +12,13 @@
 //!
 //! Needs /dev/kvm; skips (loudly) only where it is absent.
 
+mod common;
+
 #[path = "../../tests/src/guest_report.rs"]
 #[allow(dead_code)]
 mod guest_report;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
-
-/// The built-in guest exits in about half a second here.
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::*;
 
 /// The agent checks every run under `vmm` must pass (prefixes after
 /// `guest: [ok] `).
@@ -41,61 +35,13 @@ const AGENT_OK: &[&str] = &[
     "agent: bad request, buffer in no RAM (the MMIO window): status 4",
 ];
 
-/// `key=<u64>` in `line`.
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}=<number> in `{line}`"))
-}
-
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `vmm` with no arguments (the built-in guest), bounded by [`TIMEOUT`].
-fn run_builtin() -> Out {
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting vmm");
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(TIMEOUT) {
-        Ok(out) => out.expect("waiting for vmm"),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of the child this test started.
-            unsafe { libc::kill(id as i32, libc::SIGKILL) };
-            panic!("vmm did not exit within {TIMEOUT:?}");
-        }
-    };
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 #[test]
 fn agent_faults_are_injected_resolved_and_counted() {
-    if !Path::new("/dev/kvm").exists() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED agent_faults_are_injected_resolved_and_counted: /dev/kvm is absent"
-        );
+    if !kvm_or_skip("agent_faults_are_injected_resolved_and_counted") {
         return;
     }
-    let out = run_builtin();
-    let dump = format!(
-        "exit code {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.code, out.stdout, out.stderr
-    );
+    let out = run(&[]);
+    let dump = out.dump();
     assert_eq!(out.code, Some(0), "{dump}");
     let lines =
         guest_report::check_passing_report(&out.stdout).unwrap_or_else(|e| panic!("{e}; {dump}"));
@@ -117,8 +63,8 @@ fn agent_faults_are_injected_resolved_and_counted() {
         .lines()
         .find(|l| l.starts_with("vmm: agent: port=0xf8 "))
         .unwrap_or_else(|| panic!("no `vmm: agent:` line; {dump}"));
-    let g = |k: &str| field(guest, k);
-    let v = |k: &str| field(vmm, k);
+    let g = |k: &str| count(guest, k);
+    let v = |k: &str| count(vmm, k);
 
     // Every #PF the VMM injected reached the guest's handler: the lazy
     // pages it mapped (4 for the FILL, 3 for the read-only SUM, 16 times

@@ -25,86 +25,17 @@
 //! absent. These tests live in the vmm package because only there cargo
 //! hands a test the binary's path (`CARGO_BIN_EXE_vmm`).
 
+mod common;
+
 #[path = "../../tests/src/guest_report.rs"]
 #[allow(dead_code)]
 mod guest_report;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
-/// The built-in guest exits in well under a second here; this bounds a hang.
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn vmm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmm"));
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-fn kvm_or_skip(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: /dev/kvm is absent");
-    false
-}
-
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Waits for `child` (killing it after [`TIMEOUT`]) and collects its output.
-fn finish(mut child: Child) -> Out {
-    let mut so = child.stdout.take().expect("piped");
-    let mut se = child.stderr.take().expect("piped");
-    let ro = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let re = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for vmm") {
-            break s;
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "vmm did not exit within {TIMEOUT:?}; stdout so far:\n{}",
-                String::from_utf8_lossy(&ro.join().unwrap_or_default())
-            );
-        }
-        thread::sleep(Duration::from_millis(2));
-    };
-    Out {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&ro.join().expect("stdout reader")).replace("\r\n", "\n"),
-        stderr: String::from_utf8_lossy(&re.join().expect("stderr reader")).into_owned(),
-    }
-}
-
-fn run(args: &[&str]) -> Out {
-    finish(vmm().args(args).spawn().expect("starting vmm"))
-}
-
-/// `key=<u64>` in `line`.
-fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-}
+use common::*;
 
 /// The `vmm: virtio-blk<i> (...)` line of device `i`.
 fn device_line(stderr: &str, i: usize) -> Option<&str> {
@@ -137,7 +68,6 @@ fn check_blk_run(out: &Out, dump: &str) {
     let dev0 = device_line(&out.stderr, 0).unwrap_or_else(|| panic!("no blk0 line; {dump}"));
     let dev1 = device_line(&out.stderr, 1).unwrap_or_else(|| panic!("no blk1 line; {dump}"));
     assert!(!dev0.contains(", ro,") && dev1.contains(", ro,"), "{dump}");
-    let count = |l: &str, k: &str| field(l, k).unwrap_or_else(|| panic!("no {k}= in `{l}`"));
     assert_eq!(
         count(dev0, "requests") + count(dev1, "requests"),
         requests,
@@ -488,27 +418,6 @@ fn cli_bad_numbers_name_the_flag() {
         assert_error(&out, &[flag]);
     }
     assert_error(&run(&["--frobnicate"]), &["--frobnicate"]);
-}
-
-/// A file in the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, bytes: &[u8]) -> Self {
-        let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}", std::process::id()));
-        std::fs::write(&path, bytes).expect("writing a test file");
-        TempFile(path)
-    }
-
-    fn arg(&self, options: &str) -> String {
-        format!("{}{options}", self.0.display())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[test]

@@ -22,89 +22,14 @@
 //!
 //! They need /dev/kvm and skip (loudly) only where it is absent.
 
+mod common;
+
 #[path = "../../tests/src/guest_report.rs"]
 #[allow(dead_code)]
 mod guest_report;
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
-
+use common::*;
 use guest_report::SvaSummary;
-
-/// The built-in guest exits in well under a second here; this bounds a hang.
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn kvm_or_skip(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: /dev/kvm is absent");
-    false
-}
-
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn dump(&self) -> String {
-        format!(
-            "exit code {:?}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `vmm` with `args` (killed after [`TIMEOUT`]).
-fn run(args: &[&str]) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting vmm");
-    let mut so = child.stdout.take().expect("piped");
-    let mut se = child.stderr.take().expect("piped");
-    let ro = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let re = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for vmm") {
-            break s;
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vmm did not exit within {TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(2));
-    };
-    Out {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&ro.join().expect("stdout reader")).replace("\r\n", "\n"),
-        stderr: String::from_utf8_lossy(&re.join().expect("stderr reader")).into_owned(),
-    }
-}
-
-/// `key=<u64>` in `line`.
-fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-}
 
 /// The first stderr line starting with `prefix`.
 fn line<'a>(out: &'a Out, prefix: &str) -> &'a str {
@@ -145,7 +70,6 @@ fn check_sva_run(out: &Out, also: &[&str], timeouts: u64) -> SvaSummary {
     assert_eq!(out.code, Some(0), "{dump}");
     let s =
         guest_report::check_sva_report(&out.stdout, also).unwrap_or_else(|e| panic!("{e}; {dump}"));
-    let count = |l: &str, k: &str| field(l, k).unwrap_or_else(|| panic!("no {k}= in `{l}`"));
 
     // The endpoint is the disk's slot; the guest found the IOMMU where the
     // VMM put it.
@@ -247,25 +171,13 @@ fn sva_default_run() {
     assert!(s.requests > 0);
 }
 
-/// A file in the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn sva_only_disk_is_endpoint_0() {
     if !kvm_or_skip("sva_only_disk_is_endpoint_0") {
         return;
     }
-    let img = TempFile(
-        std::env::temp_dir().join(format!("vmm-test-{}-sva-endpoint0.img", std::process::id())),
-    );
-    std::fs::write(&img.0, vec![0u8; 8 << 20]).expect("writing the disk image");
-    let arg = format!("{},iommu", img.0.display());
+    let img = TempFile::new("sva-endpoint0.img", &vec![0u8; 8 << 20]);
+    let arg = img.arg(",iommu");
     let out = run(&["--disk", &arg]);
     check_sva_run(&out, &[], 0);
     let (disk, base) = iommu_layout(&out);
