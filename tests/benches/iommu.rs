@@ -30,17 +30,16 @@
 //! skipped with a SKIPPED line and the ratios print `n/a`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devices::virtio::iommu::{Endpoint, Iommu, IommuHandle};
-use guest_mm::gup::{AddressSpace, GuestMemory, GuestRegion, Gup, GupConfig, GupFlags};
-use guest_mm::gup::{Pinned, RegionOptions};
+use guest_mm::gup::{AddressSpace, GuestMemory, GupFlags, Pinned};
 use guest_mm::paging::context::{CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE};
 use guest_mm::paging::{translate, Access, PagingContext};
+use integration_tests::iommu_rig::{attach_table, GupRam};
 use integration_tests::kvm::{TestVm, VmError};
 use integration_tests::ptgen::Rng;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// 4K pages in the benched range (256 MiB).
 const PAGES: u64 = 65_536;
@@ -67,48 +66,6 @@ const RUNS: usize = 11;
 const KVM_RUNS: usize = 5;
 /// Shortest sample of an in-memory row.
 const MIN_SAMPLE: Duration = Duration::from_millis(20);
-
-/// Guest RAM as KVM maps it (`mem`) and as the GUP engine sees it.
-struct Ram {
-    // Drop order: the engine and its view before the memory they alias.
-    gup: Gup,
-    gmem: GuestMemory,
-    _mem: GuestMemoryMmap,
-}
-
-impl Ram {
-    fn new(mem: GuestMemoryMmap) -> Ram {
-        let host = mem
-            .get_host_address(GuestAddress(0))
-            .expect("RAM at guest-physical 0");
-        // SAFETY: `host..host + RAM_BYTES` is the live anonymous mapping of
-        // `mem`'s only region; the raw region does not own it (no munmap on
-        // drop), and `Ram` keeps `mem` alive until the engine and its view
-        // are dropped (field order). Both sides access it only through
-        // vm-memory's accessors and atomics.
-        let mapping = unsafe {
-            MmapRegion::build_raw(
-                host,
-                RAM_BYTES as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
-            )
-        }
-        .expect("raw region over the bench RAM");
-        let region = Arc::new(GuestRegion::new(mapping, GuestAddress(0)).expect("region at 0"));
-        let gup = Gup::new(
-            vec![(region, RegionOptions::default())],
-            GupConfig::default(),
-        )
-        .expect("GUP engine");
-        let gmem = gup.memory_map().memory().clone();
-        Ram {
-            gup,
-            gmem,
-            _mem: mem,
-        }
-    }
-}
 
 /// Writes the image; returns the data frame of each page.
 fn build(mem: &GuestMemoryMmap) -> Vec<u64> {
@@ -146,16 +103,9 @@ fn context(maxphyaddr: u8) -> PagingContext {
     .with_maxphyaddr(maxphyaddr)
 }
 
-/// ATTACH_TABLE (type 6) of `pgd` for endpoint 0, domain 1, 48-bit.
+/// ATTACH_TABLE of `pgd` for endpoint 0, domain 1, 48-bit.
 fn attach(h: &IommuHandle, mem: &GuestMemory, pgd: u64) {
-    let mut r = [0u8; 44];
-    r[0] = 6;
-    r[4..8].copy_from_slice(&1u32.to_le_bytes());
-    r[16..18].copy_from_slice(&4u16.to_le_bytes());
-    r[24..32].copy_from_slice(&pgd.to_le_bytes());
-    r[32..40].copy_from_slice(&TABLE_FLAGS.to_le_bytes());
-    r[40..44].copy_from_slice(&48u32.to_le_bytes());
-    let out = h.execute(IommuHandle::offered_features(), mem, &r, 4);
+    let out = attach_table(h, mem, 1, 0, pgd, TABLE_FLAGS, 48);
     assert_eq!(out, [0, 0, 0, 0], "ATTACH_TABLE status");
 }
 
@@ -179,7 +129,7 @@ impl Row {
 }
 
 struct Bench {
-    ram: Ram,
+    ram: GupRam,
     ep: Endpoint,
     ctx: PagingContext,
     frames: Vec<u64>,
@@ -354,7 +304,7 @@ fn main() {
     };
     let maxphyaddr = vm.as_ref().map_or(48, |v| v.cpu.maxphyaddr);
     let frames = build(&mem);
-    let ram = Ram::new(mem);
+    let ram = GupRam::new(mem);
     let (_iommu, handle) = Iommu::new(vec![0], maxphyaddr).expect("virtio-iommu");
     attach(&handle, &ram.gmem, TABLES);
     let ep = handle.endpoint(0).expect("endpoint 0");

@@ -62,6 +62,21 @@ fn leaf(cpuid: &CpuId, function: u32, index: u32) -> Option<kvm_bindings::kvm_cp
         .copied()
 }
 
+/// Whether the guest CPUID vendor `kvm` supports (what
+/// KVM_GET_SUPPORTED_CPUID reports, which the test VMs use unchanged) is AMD
+/// or Hygon.
+pub fn amd_vendor(kvm: &Kvm) -> Result<bool, kvm_ioctls::Error> {
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    let Some(l0) = leaf(&cpuid, 0, 0) else {
+        return Ok(false);
+    };
+    let mut vendor = Vec::new();
+    for r in [l0.ebx, l0.edx, l0.ecx] {
+        vendor.extend_from_slice(&r.to_le_bytes());
+    }
+    Ok(vendor == b"AuthenticAMD" || vendor == b"HygonGenuine")
+}
+
 impl HostPaging {
     fn from_cpuid(cpuid: &CpuId) -> Self {
         let l1 = leaf(cpuid, 1, 0).unwrap_or_default();

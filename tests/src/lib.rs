@@ -10,6 +10,7 @@ pub mod fuzz_iommu;
 pub mod fuzz_walker;
 pub mod guest_exec;
 pub mod guest_report;
+pub mod iommu_rig;
 pub mod kvm;
 pub mod ptgen;
 pub mod ref_walker;

@@ -40,10 +40,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use devices::virtio::iommu::{DmaError, Endpoint, FaultReason as DmaReason, Iommu, IommuHandle};
-use guest_mm::gup::{GuestMemory, GuestRegion, Gup, GupConfig, GupError, GupFlags, RegionOptions};
+use guest_mm::gup::{GuestMemory, GupError, GupFlags};
 use guest_mm::paging::context::{
     CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_SMAP, EFER_LMA, EFER_LME, EFER_NXE,
 };
@@ -51,10 +50,11 @@ use guest_mm::paging::{
     translate, Access, AccessKind, CpuFeatures, ErrorCode, Fault, FaultKind, FaultReason, PageSize,
     PagingContext, Privilege, Translation,
 };
-use integration_tests::kvm::{open_kvm, vm_or_skip, TestVm};
+use integration_tests::iommu_rig::{self, GupRam};
+use integration_tests::kvm::{amd_vendor, open_kvm, vm_or_skip, TestVm};
 use integration_tests::ptgen::{generate, GenConfig, GenMode, Image, Rng};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::paging::{context_from_sregs, ExtraPagingRegs};
 
 /// Guest MAXPHYADDRs of the 4-level runs (one VM each, clamped to the
@@ -267,85 +267,12 @@ fn access(write: bool, privileged: bool) -> Access {
     )
 }
 
-/// Guest RAM seen three ways: as the `GuestMemoryMmap` ptgen writes and
-/// KVM maps, and as the GUP engine (and the IOMMU) see it.
-struct Ram {
-    // Field order is drop order: the engine and its view go before the
-    // memory they alias.
-    gup: Gup,
-    gmem: GuestMemory,
-    mem: GuestMemoryMmap,
-}
-
-impl Ram {
-    /// A GUP engine over the host mapping of `mem` (one region at 0).
-    fn new(mem: GuestMemoryMmap) -> Ram {
-        let host = mem
-            .get_host_address(GuestAddress(0))
-            .expect("RAM at guest-physical 0");
-        let len = RAM_BYTES;
-        // SAFETY: `host..host + len` is the live anonymous mapping of
-        // `mem`'s only region (RAM_BYTES at 0); the raw region does not own
-        // it (no munmap on drop), and `Ram` keeps `mem` (and with it the
-        // mapping) alive until after the engine and its views are dropped
-        // (field order). Both views access the memory through vm-memory's
-        // volatile/atomic accessors only.
-        let mapping = unsafe {
-            MmapRegion::build_raw(
-                host,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
-            )
-        }
-        .expect("raw region over the test RAM");
-        let region =
-            Arc::new(GuestRegion::new(mapping, GuestAddress(0)).expect("guest region at 0 fits"));
-        let gup = Gup::new(
-            vec![(region, RegionOptions::default())],
-            GupConfig::default(),
-        )
-        .expect("GUP engine over the test RAM");
-        let gmem = gup.memory_map().memory().clone();
-        Ram { gup, gmem, mem }
-    }
-}
-
-/// Runs an ATTACH_TABLE (docs/guest-va-dma.md: type 6, 44 readable bytes,
-/// a 4-byte tail) for `pgd`; returns the status.
+/// Runs an ATTACH_TABLE of `pgd` for [`ENDPOINT`] in [`DOMAIN`]; returns
+/// the status.
 fn attach_table(h: &IommuHandle, mem: &GuestMemory, pgd: u64, flags: u64, width: u32) -> u8 {
-    let mut r = [0u8; 44];
-    r[0] = 6; // ATTACH_TABLE
-    r[4..8].copy_from_slice(&DOMAIN.to_le_bytes());
-    r[8..12].copy_from_slice(&ENDPOINT.to_le_bytes());
-    // 12: flags 0; 16: format 4 (x86); 18: reserved; 20: pasid 0.
-    r[16..18].copy_from_slice(&4u16.to_le_bytes());
-    r[24..32].copy_from_slice(&pgd.to_le_bytes());
-    r[32..40].copy_from_slice(&flags.to_le_bytes());
-    r[40..44].copy_from_slice(&width.to_le_bytes());
-    let out = h.execute(IommuHandle::offered_features(), mem, &r, 4);
+    let out = iommu_rig::attach_table(h, mem, DOMAIN, ENDPOINT, pgd, flags, width);
     assert_eq!(out.len(), 4, "ATTACH_TABLE: the device writes the tail");
     out[0]
-}
-
-/// Whether the guest CPUID vendor KVM supports is AMD or Hygon.
-fn amd_vendor() -> bool {
-    let Ok(kvm) = open_kvm() else { return false };
-    let Ok(cpuid) = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES) else {
-        return false;
-    };
-    let Some(l0) = cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0 && e.index == 0)
-    else {
-        return false;
-    };
-    let mut vendor = Vec::new();
-    for r in [l0.ebx, l0.edx, l0.ecx] {
-        vendor.extend_from_slice(&r.to_le_bytes());
-    }
-    vendor == b"AuthenticAMD" || vendor == b"HygonGenuine"
 }
 
 /// The PML5E and PML4E a walk of `va` reads (naively decoded).
@@ -645,7 +572,7 @@ fn variant_name(write: bool, privileged: bool) -> &'static str {
 }
 
 /// The device's translate and one-byte pin of `va`.
-fn device_answers(ram: &Ram, ep: &Endpoint, va: u64, write: bool) -> (Dev, Dev) {
+fn device_answers(ram: &GupRam, ep: &Endpoint, va: u64, write: bool) -> (Dev, Dev) {
     let t = dev(ep.translate(&ram.gup, va, write));
     let mut pins = Vec::new();
     let p = ep
@@ -661,7 +588,7 @@ fn device_answers(ram: &Ram, ep: &Endpoint, va: u64, write: bool) -> (Dev, Dev) 
 }
 
 struct ImageRun<'a> {
-    ram: &'a Ram,
+    ram: &'a GupRam,
     handle: &'a IommuHandle,
     ep: &'a Endpoint,
     vcpu: Option<&'a Vcpu<'a>>,
@@ -839,7 +766,7 @@ impl ImageRun<'_> {
 fn iommu_agrees_with_walker_and_kvm() {
     let test = "iommu_vs_walker_vs_kvm";
     let started = std::time::Instant::now();
-    let amd = amd_vendor();
+    let amd = open_kvm().is_ok_and(|kvm| amd_vendor(&kvm).unwrap_or(false));
     let mut st = Stats::default();
     let mut runs: Vec<(GenMode, u8)> = MAXPHYADDRS_4
         .iter()
@@ -864,7 +791,7 @@ fn iommu_agrees_with_walker_and_kvm() {
         }
         let smap = vm.cpu.smap || (with_kvm && with_smap(&vm));
         let vcpu = Vcpu { vm: &vm, amd, smap };
-        let ram = Ram::new(vm.mem.clone());
+        let ram = GupRam::new(vm.mem.clone());
         let (_iommu, handle) = Iommu::new(vec![ENDPOINT], m).expect("virtio-iommu");
         let ep = handle.endpoint(ENDPOINT).expect("endpoint 0 exists");
         for n in 0..IMAGES {

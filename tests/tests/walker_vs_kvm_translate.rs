@@ -27,9 +27,8 @@ use guest_mm::paging::{
     translate, Access, Fault, FaultKind, FaultReason, PageSize, PagingContext, PagingMode,
     Translation,
 };
-use integration_tests::kvm::{open_kvm, vm_or_skip, TestVm};
+use integration_tests::kvm::{amd_vendor, open_kvm, vm_or_skip, TestVm};
 use integration_tests::ptgen::{generate, GenConfig, GenMode, Image, Rng};
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::paging::{context_from_sregs, ExtraPagingRegs};
 
@@ -130,27 +129,6 @@ fn classify(
         }
         _ => Verdict::Mismatch,
     }
-}
-
-/// Whether the guest CPUID vendor (what KVM_GET_SUPPORTED_CPUID reports,
-/// which the test VMs use unchanged) is AMD or Hygon.
-fn amd_vendor() -> bool {
-    let Ok(kvm) = open_kvm() else { return false };
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .expect("KVM_GET_SUPPORTED_CPUID");
-    let Some(l0) = cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0 && e.index == 0)
-    else {
-        return false;
-    };
-    let mut vendor = Vec::new();
-    for r in [l0.ebx, l0.edx, l0.ecx] {
-        vendor.extend_from_slice(&r.to_le_bytes());
-    }
-    vendor == b"AuthenticAMD" || vendor == b"HygonGenuine"
 }
 
 /// The entries a walk of `va` reads, decoded naively (address bits and
@@ -293,7 +271,7 @@ fn walker_agrees_with_kvm_translate() {
     let mut images_total = 0usize;
     let mut addresses_total = 0usize;
     let mut mismatches_total = 0usize;
-    let amd = amd_vendor();
+    let amd = open_kvm().is_ok_and(|kvm| amd_vendor(&kvm).expect("KVM_GET_SUPPORTED_CPUID"));
     println!("  guest CPUID vendor is AMD/Hygon: {amd}");
 
     for (vm_index, &want_m) in MAXPHYADDRS.iter().enumerate() {
