@@ -220,31 +220,8 @@ impl Blk {
         extra: u64,
     ) -> Result<Blk, InitError> {
         let mmio = p.mmio;
-        // Reset, and wait until the device says it is done (2.4.1).
-        mmio.write(reg::STATUS, 0);
-        let start = tsc();
-        while mmio.status() != 0 {
-            if tsc().wrapping_sub(start) > TIMEOUT_TSC {
-                return Err(InitError::Status(mmio.status()));
-            }
-            core::hint::spin_loop();
-        }
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE);
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let offered = mmio.device_features();
-        if offered & vfeature::VERSION_1 == 0 {
-            mmio.write(reg::STATUS, status::FAILED);
-            return Err(InitError::NoVersion1(offered));
-        }
-        let features = offered & (WANTED | extra) & !mask | vfeature::VERSION_1;
-        mmio.set_driver_features(features);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        mmio.write(reg::STATUS, s);
-        let got = mmio.status();
-        if got & status::FEATURES_OK == 0 {
-            mmio.write(reg::STATUS, status::FAILED);
-            return Err(InitError::FeaturesRefused(got));
-        }
+        let (offered, features) =
+            mmio.negotiate(|offered| offered & (WANTED | extra) & !mask | vfeature::VERSION_1)?;
         let event_idx = features & vfeature::EVENT_IDX != 0;
         let Some(q) = Queue::new(mmio, 0, ring, event_idx) else {
             mmio.write(reg::STATUS, status::FAILED);
@@ -254,11 +231,7 @@ impl Blk {
             mmio.write(reg::STATUS, status::FAILED);
             return Err(InitError::ConfigUnstable);
         };
-        mmio.write(reg::STATUS, s | status::DRIVER_OK);
-        let got = mmio.status();
-        if got & (status::NEEDS_RESET | status::FAILED) != 0 || got & status::DRIVER_OK == 0 {
-            return Err(InitError::Status(got));
-        }
+        mmio.driver_ok()?;
         Ok(Blk {
             dev,
             mmio,

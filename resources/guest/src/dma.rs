@@ -38,7 +38,7 @@ use crate::boot::HIGH_ALIAS;
 use crate::pvh::{self, MmioDevice};
 use crate::serial::Serial;
 use crate::virtio::{
-    feature as vfeature, status, Desc, Seg, DESC_F_INDIRECT, DESC_F_NEXT, RING_BYTES, TIMEOUT_TSC,
+    feature as vfeature, live, Desc, Seg, DESC_F_INDIRECT, DESC_F_NEXT, RING_BYTES, TIMEOUT_TSC,
 };
 use crate::Report;
 
@@ -754,7 +754,7 @@ impl Ctx<'_> {
     /// read back intact.
     fn alive(&mut self, blk: &mut Blk) -> Result<(), Line> {
         let st = blk.mmio.status();
-        if st & (status::NEEDS_RESET | status::FAILED) != 0 || st & status::DRIVER_OK == 0 {
+        if !live(st) {
             return Err(msg(format_args!("device status {st:#x} afterwards")));
         }
         let mark = self.arena.mark();

@@ -21,8 +21,7 @@ use crate::blk::{InitError, Probe};
 use crate::dma::Arena;
 use crate::pvh::MmioDevice;
 use crate::virtio::{
-    feature as vfeature, reg, status, tsc, Mmio, Queue, QueueError, Seg, MAX_QUEUE, RING_BYTES,
-    TIMEOUT_TSC,
+    feature as vfeature, reg, status, Mmio, Queue, QueueError, Seg, MAX_QUEUE, RING_BYTES,
 };
 
 /// virtio device id of an IOMMU.
@@ -431,30 +430,7 @@ impl Iommu {
         ) else {
             return Err(InitError::NoQueue);
         };
-        mmio.write(reg::STATUS, 0);
-        let start = tsc();
-        while mmio.status() != 0 {
-            if tsc().wrapping_sub(start) > TIMEOUT_TSC {
-                return Err(InitError::Status(mmio.status()));
-            }
-            core::hint::spin_loop();
-        }
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE);
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let offered = mmio.device_features();
-        if offered & vfeature::VERSION_1 == 0 {
-            mmio.write(reg::STATUS, status::FAILED);
-            return Err(InitError::NoVersion1(offered));
-        }
-        let features = offered & WANTED;
-        mmio.set_driver_features(features);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        mmio.write(reg::STATUS, s);
-        let got = mmio.status();
-        if got & status::FEATURES_OK == 0 {
-            mmio.write(reg::STATUS, status::FAILED);
-            return Err(InitError::FeaturesRefused(got));
-        }
+        let (offered, features) = mmio.negotiate(|offered| offered & WANTED)?;
         let (Some(rq), Some(eq)) = (
             Queue::new(mmio, 0, r0, false),
             Queue::new(mmio, 1, r1, false),
@@ -466,11 +442,7 @@ impl Iommu {
             mmio.write(reg::STATUS, status::FAILED);
             return Err(InitError::ConfigUnstable);
         };
-        mmio.write(reg::STATUS, s | status::DRIVER_OK);
-        let got = mmio.status();
-        if got & (status::NEEDS_RESET | status::FAILED) != 0 || got & status::DRIVER_OK == 0 {
-            return Err(InitError::Status(got));
-        }
+        mmio.driver_ok()?;
         let mut iommu = Iommu {
             dev,
             mmio,

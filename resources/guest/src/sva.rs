@@ -59,7 +59,7 @@ use crate::iommu::{
 };
 use crate::pvh::{self, MmioDevice, IDENTITY_LIMIT};
 use crate::serial::Serial;
-use crate::virtio::{feature as vfeature, reg, status, tsc, Seg, RING_BYTES, TIMEOUT_TSC};
+use crate::virtio::{feature as vfeature, live, tsc, Seg, RING_BYTES, TIMEOUT_TSC};
 use crate::Report;
 
 /// Start of the physical memory used here (identity-mapped).
@@ -258,6 +258,17 @@ struct Outcome {
 impl Outcome {
     fn events(&self) -> &[Event] {
         &self.events[..self.nev.min(MAX_EVENTS)]
+    }
+
+    /// Checks that the request failed with IOERR.
+    fn ioerr(&self) -> Result<(), Line> {
+        if self.status != blk_status::IOERR {
+            return Err(msg(format_args!(
+                "status {:#x}, expected IOERR",
+                self.status
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the events against `want`, in order and exactly.
@@ -545,9 +556,7 @@ impl Ctx<'_> {
     ) -> Result<(), Line> {
         let s = self.sectors(4096);
         let o = self.xfer(blk, domain, ty, s, segs, 1, &mut refuse)?;
-        if o.status != blk_status::IOERR {
-            return Err(msg(format_args!("status {:#x}, expected IOERR", o.status)));
-        }
+        o.ioerr()?;
         o.expect(self.ep, &[w])
     }
 
@@ -822,9 +831,11 @@ fn request_errors(ctx: &mut Ctx) {
     );
 }
 
-/// Whether `blk` came up with ACCESS_PLATFORM; a description.
-fn blk_up(r: Result<Blk, blk::InitError>) -> Result<Blk, Line> {
-    match r {
+/// Sets `disk` up with its rings at `ring` and its header page at
+/// `scratch` (device addresses), offering to accept ACCESS_PLATFORM; the
+/// disk, or why it did not come up with ACCESS_PLATFORM.
+fn blk_up(disk: &Found, p: &blk::Probe, ring: u64, scratch: u64) -> Result<Blk, Line> {
+    match Blk::init_with(disk.dev, p, ring, scratch, 0, vfeature::ACCESS_PLATFORM) {
         Err(e) => Err(msg(format_args!("virtio-blk setup: {e}"))),
         Ok(b) if !b.has(vfeature::ACCESS_PLATFORM) => Err(msg(format_args!(
             "ACCESS_PLATFORM not negotiated (features {:#x})",
@@ -836,15 +847,9 @@ fn blk_up(r: Result<Blk, blk::InitError>) -> Result<Blk, Line> {
 
 /// Resets the disk (status 0) and waits for the reset to finish.
 fn reset(blk: &Blk) -> Result<(), Line> {
-    blk.mmio.write(reg::STATUS, 0);
-    let start = tsc();
-    while blk.mmio.status() != 0 {
-        if tsc().wrapping_sub(start) > TIMEOUT_TSC {
-            return Err(msg(format_args!("reset did not finish")));
-        }
-        core::hint::spin_loop();
-    }
-    Ok(())
+    blk.mmio
+        .reset()
+        .map_err(|_| msg(format_args!("reset did not finish")))
 }
 
 /// The standard virtio-iommu: a MAP domain.
@@ -863,14 +868,7 @@ fn map_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
         ctx.expect_status("MAP of the rings", r, st::OK)?;
         let r = ctx.iommu.map(d, scratch, scratch + 4095, scratch, rw);
         ctx.expect_status("MAP of the header page", r, st::OK)?;
-        let mut b = blk_up(Blk::init_with(
-            disk.dev,
-            p,
-            ring,
-            scratch,
-            0,
-            vfeature::ACCESS_PLATFORM,
-        ))?;
+        let mut b = blk_up(disk, p, ring, scratch)?;
         ctx.capacity = b.capacity;
         let id = match b.get_id() {
             Ok((id, blk_status::OK, _)) => id,
@@ -1279,14 +1277,7 @@ fn sva_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
         // SAFETY: the ring pages are identity-mapped RAM allocated for this
         // disk, which is reset (not using them).
         unsafe { core::ptr::write_bytes(ring as *mut u8, 0, RING_BYTES as usize) };
-        blk_up(Blk::init_with(
-            disk.dev,
-            p,
-            ring,
-            scratch,
-            0,
-            vfeature::ACCESS_PLATFORM,
-        ))
+        blk_up(disk, p, ring, scratch)
     })();
     let mut blk = match setup {
         Ok(b) => {
@@ -1376,9 +1367,7 @@ fn sva_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
                 1,
                 &mut |_| resp::INVALID,
             )?;
-            if o.status != blk_status::IOERR {
-                return Err(msg(format_args!("status {:#x}, expected IOERR", o.status)));
-            }
+            o.ioerr()?;
             o.expect(
                 ep,
                 &[
@@ -1403,9 +1392,7 @@ fn sva_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
         let o = ctx.xfer(&mut blk, d, req::IN, s, &[(VA_RO, 0x1000)], 1, &mut |_| {
             resp::INVALID
         })?;
-        if o.status != blk_status::IOERR {
-            return Err(msg(format_args!("status {:#x}, expected IOERR", o.status)));
-        }
+        o.ioerr()?;
         o.expect(
             ep,
             &[
@@ -1518,9 +1505,7 @@ fn sva_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
             1,
             &mut |_| resp::FAILURE,
         )?;
-        if o.status != blk_status::IOERR {
-            return Err(msg(format_args!("status {:#x}, expected IOERR", o.status)));
-        }
+        o.ioerr()?;
         o.expect(
             ep,
             &[
@@ -1559,9 +1544,7 @@ fn sva_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
                 NO_ANSWER
             })?;
             let ticks = tsc().wrapping_sub(t0);
-            if o.status != blk_status::IOERR {
-                return Err(msg(format_args!("status {:#x}, expected IOERR", o.status)));
-            }
+            o.ioerr()?;
             o.expect(
                 ep,
                 &[
@@ -1625,7 +1608,7 @@ fn sva_phase(ctx: &mut Ctx, disk: &Found, p: &blk::Probe, ring: u64, scratch: u6
         let r = ctx.iommu.page_resp(d, ep, 0x4321, resp::SUCCESS);
         ctx.expect_status("PAGE_RESP after DETACH", r, st::INVAL)?;
         let s = ctx.iommu.mmio.status();
-        if s & (status::NEEDS_RESET | status::FAILED) != 0 || s & status::DRIVER_OK == 0 {
+        if !live(s) {
             return Err(msg(format_args!("virtio-iommu status {s:#x}")));
         }
         Ok(Line::new())

@@ -19,6 +19,7 @@ use core::arch::asm;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
+use crate::blk::InitError;
 use crate::boot::{MMIO_WINDOW, MMIO_WINDOW_SIZE};
 
 /// Register offsets (virtio 1.2, 4.2.2 "MMIO Device Register Layout").
@@ -156,6 +157,66 @@ impl Mmio {
         self.write(low, value as u32);
         self.write(low + 4, (value >> 32) as u32);
     }
+
+    /// Resets the device (status 0) and waits until it says the reset is
+    /// done (2.4.1); `Err` with the status it still shows after
+    /// [`TIMEOUT_TSC`].
+    pub fn reset(&self) -> Result<(), u32> {
+        self.write(reg::STATUS, 0);
+        let start = tsc();
+        while self.status() != 0 {
+            if tsc().wrapping_sub(start) > TIMEOUT_TSC {
+                return Err(self.status());
+            }
+            core::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    /// The driver sequence (3.1.1) up to FEATURES_OK: reset, ACKNOWLEDGE,
+    /// DRIVER, then the features `choose` picks from those offered (which
+    /// must include VERSION_1). Returns the offered and the negotiated
+    /// features; when the device does not offer VERSION_1 or refuses the
+    /// features, it is marked FAILED.
+    pub fn negotiate(&self, choose: impl FnOnce(u64) -> u64) -> Result<(u64, u64), InitError> {
+        self.reset().map_err(InitError::Status)?;
+        self.write(reg::STATUS, status::ACKNOWLEDGE);
+        self.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        let offered = self.device_features();
+        if offered & feature::VERSION_1 == 0 {
+            self.write(reg::STATUS, status::FAILED);
+            return Err(InitError::NoVersion1(offered));
+        }
+        let features = choose(offered);
+        self.set_driver_features(features);
+        self.write(reg::STATUS, FEATURES_OK_STATUS);
+        let got = self.status();
+        if got & status::FEATURES_OK == 0 {
+            self.write(reg::STATUS, status::FAILED);
+            return Err(InitError::FeaturesRefused(got));
+        }
+        Ok((offered, features))
+    }
+
+    /// Sets DRIVER_OK after [`negotiate`](Self::negotiate) and the queue
+    /// set-up; `Err` when the device then says it is not [`live`].
+    pub fn driver_ok(&self) -> Result<(), InitError> {
+        self.write(reg::STATUS, FEATURES_OK_STATUS | status::DRIVER_OK);
+        let got = self.status();
+        if !live(got) {
+            return Err(InitError::Status(got));
+        }
+        Ok(())
+    }
+}
+
+/// The status of a device between FEATURES_OK and DRIVER_OK.
+const FEATURES_OK_STATUS: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+
+/// Whether the device `status` of a set-up device says it runs: DRIVER_OK
+/// set, neither DEVICE_NEEDS_RESET nor FAILED.
+pub fn live(status: u32) -> bool {
+    status & (status::NEEDS_RESET | status::FAILED) == 0 && status & status::DRIVER_OK != 0
 }
 
 /// The time stamp counter (readable at CPL3: CR4.TSD is clear).
