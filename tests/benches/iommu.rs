@@ -141,8 +141,8 @@ impl Bench {
         self.frames[page as usize] * PAGE
     }
 
-    /// Endpoint::pin of the whole range and its release; pages pinned.
-    fn iommu_pin(&mut self, write: bool) -> u64 {
+    /// Endpoint::pin of the whole range into `self.pins`.
+    fn pin_range(&mut self, write: bool) {
         self.ep
             .pin(
                 &self.ram.gup,
@@ -154,6 +154,11 @@ impl Bench {
                 &mut self.pins,
             )
             .expect("Endpoint::pin of the mapped range");
+    }
+
+    /// Endpoint::pin of the whole range and its release; pages pinned.
+    fn iommu_pin(&mut self, write: bool) -> u64 {
+        self.pin_range(write);
         let pages = self.pins.iter().map(Pinned::pages).sum();
         self.pins.clear();
         pages
@@ -205,17 +210,7 @@ impl Bench {
     /// Untimed: every row's answer is the image's.
     fn check(&mut self) {
         for write in [false, true] {
-            self.ep
-                .pin(
-                    &self.ram.gup,
-                    VA,
-                    DATA_BYTES,
-                    write,
-                    GupFlags::NONE,
-                    None,
-                    &mut self.pins,
-                )
-                .expect("Endpoint::pin");
+            self.pin_range(write);
             let mut page = 0;
             for p in &self.pins {
                 for e in p.iter_extents() {
