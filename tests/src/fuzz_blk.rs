@@ -84,7 +84,7 @@ const USED: u64 = 0x3000;
 const BUF: u64 = 0x4000;
 const BUF_LEN: u64 = R0.1 - BUF;
 /// Disk size in sectors.
-pub const SECTORS: u64 = 256;
+const SECTORS: u64 = 256;
 /// Most blobs decoded.
 const MAX_BLOBS: usize = 48;
 /// Most available ring entries decoded.
