@@ -230,13 +230,10 @@ impl Sva {
         );
         for (i, drv) in [&self.rq, &self.eq].into_iter().enumerate() {
             r.w(QUEUE_SEL, i as u32);
-            r.w(QUEUE_NUM, u32::from(drv.size));
-            r.set_rings(drv.desc, drv.avail, drv.used);
-            r.w(QUEUE_READY, 1);
+            r.ready_queue(drv);
         }
-        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(
-            r.r(STATUS),
+            r.driver_ok(),
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
             "the IOMMU started"
         );
@@ -482,8 +479,7 @@ impl Sva {
         r.w(QUEUE_NUM, u32::from(QSIZE));
         r.set_rings(desc, avail, used);
         r.w(QUEUE_READY, 1);
-        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-        Some(r.r(STATUS))
+        Some(r.driver_ok())
     }
 
     /// [`Sva::start_disk`] with [`disk_features`], asserting it started.

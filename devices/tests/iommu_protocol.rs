@@ -121,13 +121,10 @@ impl Dev {
             r.w(QUEUE_SEL, i as u32);
             assert_eq!(r.r(QUEUE_READY), 0);
             assert_eq!(r.r(QUEUE_NUM_MAX), 256);
-            r.w(QUEUE_NUM, u32::from(drv.size));
-            r.set_rings(drv.desc, drv.avail, drv.used);
-            r.w(QUEUE_READY, 1);
+            r.ready_queue(drv);
         }
-        r.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(
-            r.r(STATUS),
+            r.driver_ok(),
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
             "the device started"
         );

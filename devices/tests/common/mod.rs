@@ -851,14 +851,12 @@ impl Regs {
     /// driver's queue size.
     pub fn init_sized(&mut self, drv: &Driver, features: u64, queue_num: u32) -> u32 {
         use devices::virtio::mmio::*;
-        use devices::virtio::status::*;
         assert!(self.negotiate(features), "FEATURES_OK refused");
         self.w(QUEUE_SEL, 0);
         self.w(QUEUE_NUM, queue_num);
         self.set_rings(drv.desc, drv.avail, drv.used);
         self.w(QUEUE_READY, 1);
-        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-        self.r(STATUS)
+        self.driver_ok()
     }
 
     /// Reset, ACKNOWLEDGE, DRIVER, the driver features `features`, then
@@ -886,6 +884,24 @@ impl Regs {
             self.w(lo, addr as u32);
             self.w(lo + 4, (addr >> 32) as u32);
         }
+    }
+
+    /// For the selected queue: QueueNum of `drv`'s size, its rings,
+    /// QueueReady.
+    pub fn ready_queue(&mut self, drv: &Driver) {
+        use devices::virtio::mmio::{QUEUE_NUM, QUEUE_READY};
+        self.w(QUEUE_NUM, u32::from(drv.size));
+        self.set_rings(drv.desc, drv.avail, drv.used);
+        self.w(QUEUE_READY, 1);
+    }
+
+    /// Sets DRIVER_OK (after FEATURES_OK); returns the Status register
+    /// afterwards.
+    pub fn driver_ok(&mut self) -> u32 {
+        use devices::virtio::mmio::STATUS;
+        use devices::virtio::status::*;
+        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        self.r(STATUS)
     }
 
     /// QueueNotify for queue 0.
