@@ -134,6 +134,20 @@ pub struct Activation {
     pub gup: Arc<Gup>,
 }
 
+/// Reads `data.len()` bytes of a configuration space `config` at `offset`
+/// (bytes past its end read as 0): [`VirtioDevice::read_config`] for a
+/// device whose configuration is a byte array.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// Why a device refused to start.
 #[derive(Debug)]
 pub struct ActivateError(pub String);
