@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use devices::mmio::MmioBus;
 use devices::virtio::blk::{Block, BlockConfig, DiskOptions};
-use devices::virtio::iommu::{Iommu, IommuHandle};
+use devices::virtio::iommu::Iommu;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY, STATUS};
 use devices::virtio::VirtioDevice;
 use guest_mm::gup::{Fallback, GupCounters};
@@ -129,10 +129,9 @@ fn init_args_start(cmdline: &str) -> Option<usize> {
 pub struct Disks {
     /// The disks, in slot order.
     pub blocks: Vec<Block>,
-    /// The IOMMU.
+    /// The IOMMU (its MAXPHYADDR is set by [`attach`], from the vCPUs'
+    /// CPUID).
     pub iommu: Option<Iommu>,
-    /// Its handle (counters, endpoints).
-    pub iommu_handle: Option<IommuHandle>,
 }
 
 impl Disks {
@@ -147,17 +146,8 @@ impl Disks {
     }
 }
 
-/// MAXPHYADDR of the host CPU, which KVM passes on to the guest's CPUID
-/// (the IOMMU's page-table walks check reserved bits against it).
-fn host_maxphyaddr() -> u8 {
-    // Leaf 0x8000_0008 exists when the maximum extended leaf says so.
-    let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
-    if max >= 0x8000_0008 {
-        (std::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff) as u8
-    } else {
-        36
-    }
-}
+/// The largest MAXPHYADDR x86 defines.
+const MAX_MAXPHYADDR: u8 = 52;
 
 /// Opens every `--disk` as a virtio-blk device (in order: disk `i` gets
 /// index `i`), with the IOMMU if any disk is behind it; each error names
@@ -180,7 +170,8 @@ pub fn open_disks(disks: &[DiskArg], poll: Duration, prq_timeout: Duration) -> R
         let endpoints = (0..disks.len() as u32)
             .filter(|&i| disks[i as usize].iommu)
             .collect();
-        let (i, h) = Iommu::new(endpoints, host_maxphyaddr())
+        // The architectural limit until `attach` knows the VM's.
+        let (i, h) = Iommu::new(endpoints, MAX_MAXPHYADDR)
             .map_err(Error::host("creating the virtio-iommu"))?;
         (Some(i), Some(h))
     } else {
@@ -221,11 +212,7 @@ pub fn open_disks(disks: &[DiskArg], poll: Duration, prq_timeout: Duration) -> R
             Block::new(&cfg).map_err(file_err)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Disks {
-        blocks,
-        iommu,
-        iommu_handle: handle,
-    })
+    Ok(Disks { blocks, iommu })
 }
 
 /// One line naming each disk: `virtio-blk0 PATH (rw, 32 MiB) at 0xd0000000 irq 5, ...`.
@@ -314,6 +301,7 @@ pub fn attach(
     gup: &Arc<guest_mm::gup::Gup>,
     bus: &mut MmioBus,
     disks: Disks,
+    maxphyaddr: u8,
 ) -> Result<Attached> {
     let mut attached = Attached {
         transports: Vec::with_capacity(disks.len()),
@@ -324,6 +312,9 @@ pub fn attach(
         devices.push(Box::new(b));
     }
     if let Some(iommu) = disks.iommu {
+        // Page tables the guest attaches are checked as its vCPUs check
+        // theirs.
+        iommu.set_maxphyaddr(maxphyaddr);
         devices.push(Box::new(iommu));
     }
     for (i, device) in devices.into_iter().enumerate() {

@@ -245,6 +245,11 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
             vcpus: config.vcpus,
         },
     )?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let cpuid = |id| crate::cpuid::for_vcpu(&supported, id, config.vcpus);
+    let (maxphyaddr, _) = crate::cpuid::paging_features(&cpuid(0));
     let mut mmio = MmioBus::new();
     let attached = crate::virtio::attach(
         &vm_fd,
@@ -252,6 +257,7 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         &gup,
         &mut mmio,
         std::mem::take(&mut config.disks),
+        maxphyaddr,
     )?;
 
     let serial_irq =
@@ -274,14 +280,11 @@ pub fn run<K: io::Read + io::Seek + ReadVolatile>(
         notify_exits: AtomicU64::new(0),
     });
 
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let agent = Arc::new(crate::agent::Agent::new(Arc::clone(&gup)));
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
         let mut v = Vcpu::new(&vm_fd, id, &mem)?;
-        v.configure(&crate::cpuid::for_vcpu(&supported, id, config.vcpus))?;
+        v.configure(&cpuid(id))?;
         v.attach_agent(Arc::clone(&agent));
         if id == 0 {
             v.set_entry_state(&entry)?;

@@ -13,6 +13,7 @@
 //! translation is cached (no IOTLB): every DMA walks.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use guest_mm::gup::{AddressSpace, CancelToken, Gup, GupError, GupFlags, Pinned};
@@ -145,8 +146,8 @@ pub struct Shared {
     tables: RwLock<Tables>,
     /// Endpoint ids that exist (devices behind the IOMMU).
     pub endpoints: Vec<u32>,
-    /// MAXPHYADDR of the VM.
-    pub maxphyaddr: u8,
+    /// MAXPHYADDR of the VM (see [`Shared::maxphyaddr`]).
+    maxphyaddr: AtomicU8,
     /// Fault reports and page requests on their way to the event queue.
     pub events: Events,
     /// Counters.
@@ -160,9 +161,20 @@ impl Shared {
             tables: RwLock::new(Tables::default()),
             events: Events::new(&endpoints)?,
             endpoints,
-            maxphyaddr,
+            maxphyaddr: AtomicU8::new(maxphyaddr),
             stats: IommuStats::default(),
         })
+    }
+
+    /// MAXPHYADDR of the VM: the reserved-bit limit of the page tables an
+    /// ATTACH_TABLE attaches.
+    pub fn maxphyaddr(&self) -> u8 {
+        self.maxphyaddr.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Shared::maxphyaddr`].
+    pub fn set_maxphyaddr(&self, maxphyaddr: u8) {
+        self.maxphyaddr.store(maxphyaddr, Ordering::Relaxed);
     }
 
     /// The tables, for reading.

@@ -170,6 +170,12 @@ impl Iommu {
         ))
     }
 
+    /// Sets the VM's MAXPHYADDR (from the CPUID its vCPUs get), for the
+    /// page tables attached from now on.
+    pub fn set_maxphyaddr(&self, maxphyaddr: u8) {
+        self.shared.set_maxphyaddr(maxphyaddr);
+    }
+
     /// Builds the synchronous worker state for `activation` (what the
     /// thread runs; tests drive it directly).
     pub fn queues_for(&self, mut activation: Activation) -> Result<IommuQueues, ActivateError> {

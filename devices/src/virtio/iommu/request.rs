@@ -376,7 +376,7 @@ fn attach_table(ctx: &Context, b: &Body) -> u8 {
     {
         return status::INVAL;
     }
-    let maxphy = u32::from(ctx.shared.maxphyaddr);
+    let maxphy = u32::from(ctx.shared.maxphyaddr());
     let root = pgd & !0xfff;
     if maxphy < 64 && root >> maxphy != 0 {
         return status::INVAL;
@@ -384,7 +384,7 @@ fn attach_table(ctx: &Context, b: &Body) -> u8 {
     if !ctx.mem.address_in_range(GuestAddress(root)) {
         return status::INVAL;
     }
-    let table = Table::new(pgd, width, tflags, ctx.shared.maxphyaddr);
+    let table = Table::new(pgd, width, tflags, ctx.shared.maxphyaddr());
     let mut t = ctx.shared.write();
     if let Some(Domain {
         kind: Kind::Map(m), ..
