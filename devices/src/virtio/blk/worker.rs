@@ -61,6 +61,17 @@ pub const MAX_PAGE_REQUESTS: u32 = 64;
 /// How long a parked request waits for its page response by default.
 pub const PAGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a parked request's wait ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The guest answered.
+    Answered(Response),
+    /// The IOMMU was reset: the page request will never be answered.
+    Forgotten,
+    /// No answer before the deadline.
+    TimedOut,
+}
+
 /// A request waiting for the answer to its page request.
 struct Parked {
     head: u16,
@@ -260,18 +271,14 @@ impl BlockQueue {
         let mut i = 0;
         while i < self.parked.len() {
             let (group, deadline) = (self.parked[i].group, self.parked[i].deadline);
-            let mut forgotten = false;
-            let answer = match ep.response(group) {
-                Some(r) => Some(r),
+            let end = match ep.response(group) {
+                Some(r) => End::Answered(r),
                 // The IOMMU was reset: no answer will ever come.
-                None if !ep.known(group) => {
-                    forgotten = true;
-                    None
-                }
+                None if !ep.known(group) => End::Forgotten,
                 None if now >= deadline => {
                     ep.abandon(group);
                     ep.timed_out();
-                    None
+                    End::TimedOut
                 }
                 None => {
                     i += 1;
@@ -279,7 +286,7 @@ impl BlockQueue {
                 }
             };
             let p = self.parked.swap_remove(i);
-            if answer == Some(Response::Success) {
+            if end == End::Answered(Response::Success) {
                 self.stats.resumed();
                 if let Some(written) = self.start(p.head, p.chain, p.rounds) {
                     self.publish(p.head, written);
@@ -295,11 +302,11 @@ impl BlockQueue {
                     p.head,
                     group,
                     p.fault,
-                    match answer {
-                        Some(Response::Invalid) => "refused (INVALID)",
-                        Some(Response::Failure) => "refused (FAILURE)",
-                        _ if forgotten => "the IOMMU was reset",
-                        _ => "no response in time",
+                    match end {
+                        End::Answered(Response::Invalid) => "refused (INVALID)",
+                        End::Answered(_) => "refused (FAILURE)",
+                        End::Forgotten => "the IOMMU was reset",
+                        End::TimedOut => "no response in time",
                     }
                 ),
             );
