@@ -101,6 +101,16 @@ impl Table {
         self.flags & table_flags::PRIV != 0
     }
 
+    /// `flags` for an access of the device through this table: a user
+    /// access unless the domain's accesses are supervisor ones.
+    pub fn gup_flags(&self, flags: GupFlags) -> GupFlags {
+        if self.privileged() {
+            flags
+        } else {
+            flags | GupFlags::USER
+        }
+    }
+
     /// Whether faults become page requests.
     pub fn pri(&self) -> bool {
         self.flags & table_flags::PRI != 0
@@ -306,40 +316,37 @@ impl Endpoint {
         }
         let mut at = iova;
         while at < end {
-            let route = self.route(at, write)?;
-            match route {
-                Route::Table(table, requestable) => {
-                    let mut f = flags;
-                    if !table.privileged() {
-                        f |= GupFlags::USER;
-                    }
-                    let space = AddressSpace::page_tables(table.ctx);
-                    let p = gup
-                        .pin_cancellable(&space, at, end - at, f, cancel)
-                        .map_err(|e| self.walk_error(e, write, &table, requestable))?;
-                    let got = p.bytes();
-                    let short = p.short_reason().copied();
-                    out.push(p);
-                    if got < end - at {
-                        let e = short.unwrap_or(GupError::Again);
-                        return Err(self.walk_error(e, write, &table, requestable));
-                    }
-                    at = end;
-                }
-                Route::Map(phys, chunk) => {
-                    let chunk = chunk.min(end - at);
-                    let p = gup
-                        .pin_cancellable(&AddressSpace::Physical, phys, chunk, flags, cancel)
-                        .map_err(DmaError::Pin)?;
-                    let got = p.bytes();
-                    let short = p.short_reason().copied();
-                    out.push(p);
-                    if got < chunk {
-                        return Err(DmaError::Pin(short.unwrap_or(GupError::Again)));
-                    }
-                    at += chunk;
-                }
+            // Where the chunk at `at` is pinned, and how a GUP error of it
+            // reads (a walk's page fault is a translation fault).
+            let (space, start, chunk, f, table) = match self.route(at, write)? {
+                Route::Table(t, requestable) => (
+                    AddressSpace::page_tables(t.ctx),
+                    at,
+                    end - at,
+                    t.gup_flags(flags),
+                    Some((t, requestable)),
+                ),
+                Route::Map(phys, chunk) => (
+                    AddressSpace::Physical,
+                    phys,
+                    chunk.min(end - at),
+                    flags,
+                    None,
+                ),
+            };
+            let error = |e| match &table {
+                Some((t, requestable)) => self.walk_error(e, write, t, *requestable),
+                None => DmaError::Pin(e),
+            };
+            let p = gup
+                .pin_cancellable(&space, start, chunk, f, cancel)
+                .map_err(error)?;
+            let (got, short) = (p.bytes(), p.short_reason().copied());
+            out.push(p);
+            if got < chunk {
+                return Err(error(short.unwrap_or(GupError::Again)));
             }
+            at += chunk;
         }
         Ok(())
     }
@@ -354,9 +361,7 @@ impl Endpoint {
         }
         match self.route(iova, write)? {
             Route::Table(table, requestable) => {
-                if !table.privileged() {
-                    flags |= GupFlags::USER;
-                }
+                let flags = table.gup_flags(flags);
                 let space = AddressSpace::page_tables(table.ctx);
                 // The first byte of iova's 4K page: every byte of a page
                 // translates alike, and a one-byte GUP range at the last
