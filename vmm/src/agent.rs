@@ -77,15 +77,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use guest_mm::gup::{AddressSpace, Gup, GupError, GupFlags, InjectIntoVcpu, Injection, Pinned};
-use guest_mm::paging::{
-    translate, Access, AccessKind, CpuFeatures, ErrorCode, PagingContext, Privilege,
-};
+use guest_mm::paging::{translate, CpuFeatures, ErrorCode, PagingContext};
 use kvm_bindings::{kvm_regs, kvm_sregs, KVM_VCPUEVENT_VALID_PAYLOAD};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 
 use crate::error::{Error, Result};
-use crate::paging::{context_from_sregs, ExtraPagingRegs};
+use crate::paging::{context_from_sregs, instruction_fetch, ExtraPagingRegs};
 
 /// The agent's I/O port (a write of any size; the value is ignored).
 pub const PORT: u16 = 0xf8;
@@ -99,8 +97,6 @@ pub const MAX_INJECTIONS: u32 = 1024;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"gmmagent");
 /// The #PF vector.
 const PF_VECTOR: u8 = 14;
-/// EFER.LMA: long mode active.
-const EFER_LMA: u64 = 1 << 10;
 
 /// Operations (RAX in).
 pub mod op {
@@ -686,23 +682,7 @@ impl VcpuAgent {
         paging: (u8, CpuFeatures),
         user: bool,
     ) -> Option<[u8; 2]> {
-        let extra = ExtraPagingRegs {
-            rflags: regs.rflags,
-            ..Default::default()
-        };
-        let ctx = context_from_sregs(sregs, extra, paging.0, paging.1);
-        let long = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
-        let linear = if long {
-            regs.rip
-        } else {
-            sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
-        };
-        let privilege = if user {
-            Privilege::User
-        } else {
-            Privilege::Supervisor
-        };
-        let access = Access::new(AccessKind::Fetch, privilege);
+        let (linear, ctx, access) = instruction_fetch(sregs, regs, paging.0, paging.1, user);
         let map = self.agent.gup.memory_map();
         let mut bytes = [0u8; 2];
         for (i, b) in bytes.iter_mut().enumerate() {

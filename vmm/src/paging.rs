@@ -6,8 +6,9 @@
 //! guest-mm never depends on KVM (DESIGN 4.1): this is where `kvm_sregs`
 //! become a [`PagingContext`].
 
-use guest_mm::paging::{CpuFeatures, PagingContext};
-use kvm_bindings::{kvm_sregs, kvm_sregs2, KVM_SREGS2_FLAGS_PDPTRS_VALID};
+use guest_mm::paging::context::EFER_LMA;
+use guest_mm::paging::{Access, AccessKind, CpuFeatures, PagingContext, Privilege};
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_sregs2, KVM_SREGS2_FLAGS_PDPTRS_VALID};
 
 /// The registers that are not in `kvm_sregs` but matter to paging.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,6 +56,35 @@ pub fn context_from_sregs2(
     } else {
         ctx
     }
+}
+
+/// How a vCPU fetches the instruction at its RIP: the linear address (RIP,
+/// plus the CS base outside 64-bit code), the paging context, and the
+/// fetch access (user when `user`).
+pub fn instruction_fetch(
+    sregs: &kvm_sregs,
+    regs: &kvm_regs,
+    maxphyaddr: u8,
+    features: CpuFeatures,
+    user: bool,
+) -> (u64, PagingContext, Access) {
+    let long = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
+    let linear = if long {
+        regs.rip
+    } else {
+        sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+    };
+    let extra = ExtraPagingRegs {
+        rflags: regs.rflags,
+        ..Default::default()
+    };
+    let ctx = context_from_sregs(sregs, extra, maxphyaddr, features);
+    let privilege = if user {
+        Privilege::User
+    } else {
+        Privilege::Supervisor
+    };
+    (linear, ctx, Access::new(AccessKind::Fetch, privilege))
 }
 
 #[cfg(test)]

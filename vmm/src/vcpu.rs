@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use guest_mm::paging::{translate, Access, AccessKind, CpuFeatures, Privilege};
+use guest_mm::paging::{translate, CpuFeatures};
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::boot::EntryState;
 use crate::error::{Error, Result};
 use crate::memory::GuestMemoryMmap;
-use crate::paging::{context_from_sregs, ExtraPagingRegs};
+use crate::paging::instruction_fetch;
 use crate::vm::{ExitReason, VmShared};
 
 /// MSRs set at boot: (index, value).
@@ -41,8 +41,6 @@ const BOOT_MSRS: &[(u32, u64)] = &[
     (0x2ff, (1 << 11) | 6), // IA32_MTRR_DEF_TYPE: MTRRs on, default write-back
 ];
 
-/// EFER.LMA: long mode active.
-const EFER_LMA: u64 = 1 << 10;
 /// LAPIC register offsets and LVT delivery modes.
 const APIC_LVT_LINT0: usize = 0x350;
 const APIC_LVT_LINT1: usize = 0x360;
@@ -369,24 +367,9 @@ impl Vcpu {
     /// The instruction bytes at CS:RIP, found through the guest's own page
     /// tables by guest-mm's walker (as the CPU's fetch would find them).
     fn code_at_rip(&self, regs: &kvm_regs, sregs: &kvm_sregs) -> String {
-        let long = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
-        let linear = if long {
-            regs.rip
-        } else {
-            sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
-        };
         let (maxphyaddr, features) = self.paging;
-        let extra = ExtraPagingRegs {
-            rflags: regs.rflags,
-            ..Default::default()
-        };
-        let ctx = context_from_sregs(sregs, extra, maxphyaddr, features);
-        let privilege = if sregs.cs.dpl == 3 {
-            Privilege::User
-        } else {
-            Privilege::Supervisor
-        };
-        let access = Access::new(AccessKind::Fetch, privilege);
+        let (linear, ctx, access) =
+            instruction_fetch(sregs, regs, maxphyaddr, features, sregs.cs.dpl == 3);
         match translate(&self.mem, &ctx, linear, access) {
             Ok(t) => {
                 // Up to the longest instruction, within this page.
