@@ -199,8 +199,11 @@ impl BlockQueue {
     /// resolves faults so, reports the fault otherwise (the request then
     /// fails with IOERR when it runs). `None`: parked or handed to the pool.
     fn start(&mut self, head: u16, chain: Chain, rounds: u32) -> Option<u32> {
-        if let Some(fault) = self.prefault(&chain) {
-            let ep = self.endpoint.clone()?;
+        let fault = self
+            .endpoint
+            .clone()
+            .and_then(|ep| Some((self.prefault(&ep, &chain)?, ep)));
+        if let Some((fault, ep)) = fault {
             // At most a queue's worth parked: a correct driver cannot
             // have more requests outstanding, and a driver publishing one
             // head over and over must not park without bound (each parked
@@ -224,9 +227,8 @@ impl BlockQueue {
         self.execute(head, &chain)
     }
 
-    /// The first translation fault of the chain's buffers, behind the IOMMU.
-    fn prefault(&self, chain: &Chain) -> Option<DmaFault> {
-        let ep = self.endpoint.as_ref()?;
+    /// The first translation fault of the chain's buffers through `ep`.
+    fn prefault(&self, ep: &Endpoint, chain: &Chain) -> Option<DmaFault> {
         // A chain longer than the disk (plus room for the header, status,
         // ID and discard ranges) cannot be a valid request: `classify`
         // refuses it without touching its buffers, so it is not walked
